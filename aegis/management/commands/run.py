@@ -1,0 +1,144 @@
+"""`make run`: everything Aegis needs, in order, then every process of the product under honcho."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from honcho.environ import parse_procfile
+from honcho.manager import Manager
+
+from aegis.health import check_dependencies
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the whole product: check PostgreSQL, NATS and Redis (embedded servers are started "
+        "by the settings when their URLs are unset), migrate, provision JetStream, create the "
+        "demo plant and users, then start every process in the Procfile (daphne, Celery worker "
+        "and beat, stream workers) under honcho. Ctrl-C or SIGTERM stops the processes, then "
+        "the embedded servers. AEGIS_PORT (default 8000) and AEGIS_BIND (default 127.0.0.1) "
+        "choose where the web server listens."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--no-demo", action="store_true", help="skip the demo plant and users")
+        parser.add_argument(
+            "--procfile",
+            default=str(settings.BASE_DIR / "Procfile"),
+            help="Procfile to run (default: the repository's)",
+        )
+        parser.add_argument(
+            "--only",
+            default="",
+            help="comma-separated Procfile process names to run (default: all of them)",
+        )
+
+    def step(self, text: str) -> float:
+        self.stdout.write(self.style.MIGRATE_HEADING(f"==> {text}"))
+        return time.monotonic()
+
+    def done(self, started: float) -> None:
+        self.stdout.write(f"    done in {time.monotonic() - started:.1f} s")
+
+    def handle(self, *args, no_demo: bool, procfile: str, only: str, **options):
+        bind = os.environ.get("AEGIS_BIND", "127.0.0.1")
+        port = _port_from_environment()
+        _require_free_port(bind, port)
+
+        started = self.step("checking PostgreSQL, NATS and Redis")
+        statuses = check_dependencies()
+        for name, status in statuses.items():
+            self.stdout.write(f"    {name:<10} {'ok  ' if status.ok else 'DOWN'} {status.detail}")
+        down = [status for status in statuses.values() if not status.ok]
+        if down:
+            raise CommandError(
+                "cannot start: "
+                + "; ".join(f"{status.name} is unreachable ({status.detail})" for status in down)
+            )
+        self.done(started)
+
+        started = self.step("applying database migrations")
+        call_command("migrate", interactive=False, verbosity=1)
+        self.done(started)
+
+        started = self.step("provisioning JetStream streams, consumers and KV buckets")
+        call_command("nats_setup", stdout=self.stdout)
+        self.done(started)
+
+        if not no_demo:
+            started = self.step("creating the demo plant and demo users")
+            call_command("demo_plant", stdout=self.stdout)
+            self.done(started)
+
+        environment = self._process_environment(bind, port)
+        processes = parse_procfile(Path(procfile).read_text()).processes
+        wanted = [name.strip() for name in only.split(",") if name.strip()] or list(processes)
+        unknown = sorted(set(wanted) - set(processes))
+        if unknown:
+            raise CommandError(f"--only names processes not in {procfile}: {', '.join(unknown)}")
+
+        wildcard = bind in ("0.0.0.0", "::")  # noqa: S104 - only to print a reachable URL
+        url = f"http://{'127.0.0.1' if wildcard else bind}:{port}/"
+        self.stdout.write(self.style.SUCCESS(f"\nAegis is starting on {url}"))
+        self.stdout.write(
+            "    sign in with a demo user above; /admin/ for administration, /readyz for health"
+        )
+        self.stdout.write(f"    processes: {', '.join(wanted)} (Ctrl-C stops everything)\n")
+        sys.stdout.flush()
+
+        manager = Manager()
+        for name in wanted:
+            manager.add_process(name, processes[name], env=environment, cwd=str(settings.BASE_DIR))
+        manager.loop()
+        # The embedded servers are released by the settings' exit hook, after the processes.
+        if manager.returncode not in (0, None) and not _stopped_by_signal(manager.returncode):
+            sys.exit(manager.returncode)
+
+    def _process_environment(self, bind: str, port: int) -> dict[str, str]:
+        metrics_dir = settings.DATA_DIR / "run" / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the processes
+        metrics_dir.mkdir(parents=True)
+        environment = dict(os.environ)
+        environment.update(
+            {
+                "AEGIS_BIND": bind,
+                "AEGIS_PORT": str(port),
+                "AEGIS_DATA_DIR": str(settings.DATA_DIR),
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+                "PYTHONUNBUFFERED": "1",
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
+        )
+        return environment
+
+
+def _port_from_environment() -> int:
+    raw = os.environ.get("AEGIS_PORT", "8000")
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise CommandError(f"AEGIS_PORT: expected a TCP port number, got {raw!r}")
+    return int(raw)
+
+
+def _require_free_port(bind: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bind, port))
+        except OSError as error:
+            raise CommandError(
+                f"cannot listen on {bind}:{port} ({error.strerror}); is Aegis already running? "
+                "Set AEGIS_PORT to use another port."
+            ) from None
+
+
+def _stopped_by_signal(returncode: int) -> bool:
+    # honcho reports 130 (SIGINT) or 143 (SIGTERM) when it was asked to stop.
+    return returncode in (130, 143, -2, -15)

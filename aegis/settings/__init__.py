@@ -1,0 +1,1 @@
+"""Settings flavours: `development` (default for manage.py), `test`, `production`."""

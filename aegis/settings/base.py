@@ -1,0 +1,178 @@
+"""Settings shared by every flavour; each value comes from the environment (see README).
+
+The flavour modules (development, test, production) decide where the service URLs come from
+before importing this module: embedded servers when unset (development, test) or required
+explicitly (production).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aegis.settings import environment as env
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+DATA_DIR = Path(env.string("AEGIS_DATA_DIR", str(BASE_DIR / "var"))).expanduser().resolve()
+
+DEBUG = env.boolean("AEGIS_DEBUG", False)
+ALLOWED_HOSTS = env.string_list("AEGIS_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.string_list("AEGIS_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "django_structlog",
+    "aegis",
+    "mes",
+    "telemetry",
+    "foresight",
+]
+
+MIDDLEWARE = [
+    "aegis.observability.middleware.RequestMetricsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_structlog.middlewares.RequestMiddleware",
+    "aegis.observability.middleware.RequestIdHeaderMiddleware",
+]
+
+ROOT_URLCONF = "aegis.urls"
+ASGI_APPLICATION = "aegis.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# -- servers ----------------------------------------------------------------------------------
+
+DATABASES = {"default": env.database("AEGIS_DATABASE_URL")}
+DATABASES["default"].update(
+    {
+        "CONN_MAX_AGE": env.integer("AEGIS_DB_CONN_MAX_AGE", 60, minimum=0),
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {
+            "connect_timeout": env.integer("AEGIS_DB_CONNECT_TIMEOUT", 5, minimum=1),
+            "application_name": "aegis",
+        },
+    }
+)
+
+REDIS_URL = env.service_url("AEGIS_REDIS_URL", ("redis", "rediss")).geturl()
+NATS_URL = env.service_url("AEGIS_NATS_URL", ("nats", "tls")).geturl()
+NATS_CREDENTIALS_FILE = env.raw("AEGIS_NATS_CREDS")
+NATS_TLS_CA_FILE = env.raw("AEGIS_NATS_TLS_CA")
+NATS_TLS_CERT_FILE = env.raw("AEGIS_NATS_TLS_CERT")
+NATS_TLS_KEY_FILE = env.raw("AEGIS_NATS_TLS_KEY")
+NATS_CONNECT_TIMEOUT_S = env.integer("AEGIS_NATS_CONNECT_TIMEOUT", 5, minimum=1)
+# JetStream stream replicas: 1 on one host, 3 on a cluster spread over failure domains.
+NATS_STREAM_REPLICAS = env.integer("AEGIS_NATS_REPLICAS", 1, minimum=1, maximum=5)
+# fsync policy of the embedded nats-server: "always" (fsync before each ack) or a duration.
+NATS_SYNC_INTERVAL = env.string("AEGIS_NATS_SYNC_INTERVAL", "always")
+TELEMETRY_RETENTION_HOURS = env.integer("AEGIS_TELEMETRY_RETENTION_HOURS", 24, minimum=1)
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "aegis",
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "aegis:channels"},
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TIMEZONE = "UTC"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# -- auth -------------------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# Bearer token required by /metrics when set (scrapers send `Authorization: Bearer …`).
+METRICS_TOKEN = env.raw("AEGIS_METRICS_TOKEN")
+
+# -- i18n, static -----------------------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env.string("AEGIS_STATIC_ROOT", str(DATA_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# -- logging ----------------------------------------------------------------------------------
+
+LOG_LEVEL = env.choice("AEGIS_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOG_FORMAT = env.choice("AEGIS_LOG_FORMAT", "json", ("json", "console"))
+DJANGO_STRUCTLOG_CELERY_ENABLED = True
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
+
+from aegis.observability.logs import configure_logging  # noqa: E402
+
+LOGGING = configure_logging(level=LOG_LEVEL, output=LOG_FORMAT)

@@ -1,0 +1,17 @@
+"""A laptop: embedded servers for every unset service URL, data under ./var (AEGIS_DATA_DIR)."""
+
+import os
+
+from aegis.embedded import default_data_dir, use_embedded_services
+from aegis.settings import environment as env
+from aegis.settings.secret_key import persistent_secret_key
+
+os.environ.setdefault("AEGIS_DEBUG", "true")
+use_embedded_services(
+    default_data_dir(), nats_sync_interval=env.string("AEGIS_NATS_SYNC_INTERVAL", "always")
+)
+
+from aegis.settings.base import *  # noqa: E402,F403
+from aegis.settings.base import DATA_DIR  # noqa: E402
+
+SECRET_KEY = env.raw("AEGIS_SECRET_KEY") or persistent_secret_key(DATA_DIR)

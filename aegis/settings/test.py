@@ -1,0 +1,30 @@
+"""The test session: its own embedded servers in a private temporary data directory.
+
+They never touch `make run`'s ./var and are deleted when the session ends. Set the service URLs
+to run the tests against external servers instead.
+"""
+
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+from aegis.embedded import SERVICE_URL_VARIABLES, use_embedded_services
+
+if not all(os.environ.get(variable) for variable in SERVICE_URL_VARIABLES.values()):
+    use_embedded_services(
+        Path(tempfile.mkdtemp(prefix="aegis-test-")),
+        nats_sync_interval="2m",
+        delete_on_exit=True,
+    )
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="aegis-test-metrics-")
+os.environ.setdefault("AEGIS_LOG_FORMAT", "console")
+os.environ.setdefault("AEGIS_LOG_LEVEL", "warning")
+os.environ.setdefault("AEGIS_SECRET_KEY", secrets.token_urlsafe(50))
+
+from aegis.settings.base import *  # noqa: F403
+
+SECRET_KEY = os.environ["AEGIS_SECRET_KEY"]
+DEBUG = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user fixtures

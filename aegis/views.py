@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import hmac
+import time
+
+from django.conf import settings
+from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from aegis.health import check_dependencies
+from aegis.observability.metrics import READINESS_FAILURES, exposition
+from aegis.tasks import last_heartbeat
+from mes.selectors import plant_overview
+
+
+@require_GET
+@never_cache
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Touches no dependency, so it never flaps with them."""
+    return JsonResponse({"status": "ok"})
+
+
+def _celery_status() -> dict[str, object]:
+    try:
+        beat = last_heartbeat()
+    except Exception as error:  # noqa: BLE001 - Redis being down is reported by its own check
+        return {"status": "unknown", "detail": str(error)}
+    if beat is None:
+        return {"status": "unknown", "detail": "no worker heartbeat recorded yet"}
+    age = time.time() - beat["at"]
+    return {
+        "status": "ok" if age < 120 else "stale",
+        "last_heartbeat_age_s": round(age, 1),
+        "worker": beat["worker"],
+    }
+
+
+@require_GET
+@never_cache
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: PostgreSQL, NATS and Redis each answer; 503 naming the ones that do not.
+
+    Celery's heartbeat is reported for operators but does not decide readiness: the web tier
+    can serve while workers restart.
+    """
+    statuses = check_dependencies()
+    down = sorted(name for name, status in statuses.items() if not status.ok)
+    for name in down:
+        READINESS_FAILURES.labels(name).inc()
+    body = {
+        "status": "ok" if not down else "unavailable",
+        "down": down,
+        "checks": {name: status.as_dict() for name, status in statuses.items()},
+        "celery": _celery_status(),
+    }
+    return JsonResponse(body, status=503 if down else 200)
+
+
+@require_GET
+@never_cache
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition for every Aegis process on this host (bearer token if configured)."""
+    if settings.METRICS_TOKEN:
+        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(supplied.encode(), settings.METRICS_TOKEN.encode()):
+            return JsonResponse({"detail": "a valid bearer token is required"}, status=401)
+    payload, content_type = exposition()
+    return HttpResponse(payload, content_type=content_type)
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """The front door: sign-in for visitors, the plant at a glance for signed-in users."""
+    if not request.user.is_authenticated:
+        return render(request, "home_signed_out.html", {"form": AuthenticationForm(request)})
+    return render(request, "home.html", {"plant": plant_overview()})

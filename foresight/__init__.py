@@ -1,0 +1,1 @@
+"""Foresight: defect prediction with ONNX models, model registry, alerts, training."""

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ForesightConfig(AppConfig):
+    name = "foresight"
+    verbose_name = "Foresight"

@@ -1,0 +1,1 @@
+"""Telemetry: JetStream ingest, point-in-time MES enrichment, storage, dead letters, simulator."""
