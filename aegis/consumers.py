@@ -14,6 +14,8 @@ class PlantEventsConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
+            # Accept, then close with a code the page can read (a refused handshake has none).
+            await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         await self.channel_layer.group_add(PLANT_GROUP, self.channel_name)

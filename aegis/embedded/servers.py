@@ -92,17 +92,29 @@ def _wait_until(predicate, timeout: float, what: str, log_file: Path | None = No
     raise EmbeddedServerError(f"{what} did not come up within {timeout:.0f} s{tail}")
 
 
+def _wait_gone(pid: int, name_fragment: str, timeout: float) -> bool:
+    """Wait for `pid` to exit; reaps it when it is our child, treats a zombie as gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not our child: its own parent (or init) reaps it
+        if not process_alive(pid, name_fragment):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def terminate_process(pid: int, name_fragment: str, timeout: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM, wait, then SIGKILL: every server here shuts down cleanly on SIGTERM."""
     if not process_alive(pid, name_fragment):
         return
-    process = psutil.Process(pid)
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except psutil.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, name_fragment, timeout):
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, name_fragment, 5.0)
 
 
 class PostgresServer:

@@ -15,3 +15,7 @@ from aegis.settings.base import *  # noqa: E402,F403
 from aegis.settings.base import DATA_DIR  # noqa: E402
 
 SECRET_KEY = env.raw("AEGIS_SECRET_KEY") or persistent_secret_key(DATA_DIR)
+# Static files are served from the source folders; nothing to collect on a laptop.
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

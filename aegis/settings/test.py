@@ -27,4 +27,6 @@ from aegis.settings.base import *  # noqa: F403
 
 SECRET_KEY = os.environ["AEGIS_SECRET_KEY"]
 DEBUG = False
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user fixtures

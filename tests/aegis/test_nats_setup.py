@@ -1,0 +1,74 @@
+"""`manage.py nats_setup` provisions the JetStream topology idempotently on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from io import StringIO
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+
+from aegis import jetstream
+
+
+def _setup() -> list[str]:
+    output = StringIO()
+    call_command("nats_setup", stdout=output)
+    return output.getvalue().splitlines()
+
+
+async def _inspect():
+    client = await jetstream.connect("test", allow_reconnect=False)
+    js = client.jetstream()
+    try:
+        telemetry = (await js.stream_info("TELEMETRY")).config
+        ingest = (await js.consumer_info("TELEMETRY", "ingest")).config
+        await js.key_value("foresight_models")
+        return telemetry, ingest
+    finally:
+        await client.close()
+
+
+async def _shorten_telemetry_retention():
+    client = await jetstream.connect("test", allow_reconnect=False)
+    js = client.jetstream()
+    config = (await js.stream_info("TELEMETRY")).config
+    config.max_age = 3600.0
+    await js.update_stream(config)
+    await client.close()
+
+
+@pytest.mark.django_db
+def test_nats_setup_creates_then_leaves_the_topology_unchanged():
+    _setup()
+    second = _setup()
+    assert second and all(line.endswith("unchanged") for line in second), second
+    names = {line.split(":")[0] for line in second}
+    assert {
+        "stream TELEMETRY",
+        "stream MES_STATE",
+        "stream DEFECT_ALERTS",
+        "stream FORESIGHT_MODELS",
+        "stream DEAD_LETTERS",
+        "consumer TELEMETRY/ingest",
+        "consumer TELEMETRY/foresight-scorer",
+        "kv foresight_models",
+    } <= names
+
+    telemetry, ingest = asyncio.run(_inspect())
+    assert telemetry.subjects == ["aegis.telemetry.raw.>"]
+    assert telemetry.max_age == settings.TELEMETRY_RETENTION_HOURS * 3600
+    assert telemetry.duplicate_window == 120
+    assert ingest.durable_name == "ingest"
+    assert ingest.ack_policy == "explicit"
+
+
+@pytest.mark.django_db
+def test_nats_setup_repairs_drifted_configuration():
+    _setup()
+    asyncio.run(_shorten_telemetry_retention())
+    report = _setup()
+    assert "stream TELEMETRY: updated max_age" in report
+    telemetry, _ = asyncio.run(_inspect())
+    assert telemetry.max_age == settings.TELEMETRY_RETENTION_HOURS * 3600

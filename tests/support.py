@@ -1,0 +1,111 @@
+"""Helpers for tests that run real Aegis processes (daphne, Celery, the launcher)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from django.conf import settings
+from django.db import connection
+
+from aegis.embedded.servers import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_database_url() -> str:
+    """URL of the database this test session uses (pytest-django's test_* database)."""
+    database = connection.settings_dict
+    return (
+        f"postgresql://{quote(database['USER'])}:{quote(database['PASSWORD'], safe='')}"
+        f"@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+    )
+
+
+def process_environment(**overrides: str) -> dict[str, str]:
+    environment = dict(os.environ)
+    environment.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "aegis.settings.test",
+            "AEGIS_DATABASE_URL": test_database_url(),
+            "AEGIS_NATS_URL": settings.NATS_URL,
+            "AEGIS_REDIS_URL": settings.REDIS_URL,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    environment.update(overrides)
+    return environment
+
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{process.args} exited with {process.returncode} before {url}")
+        try:
+            http_get(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def readyz(base_url: str) -> tuple[int, dict]:
+    status, body = http_get(f"{base_url}/readyz")
+    return status, json.loads(body)
+
+
+@contextmanager
+def daphne(**environment: str) -> Iterator[str]:
+    """A real daphne process serving Aegis on a free port; yields its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--verbosity",
+            "0",
+            "aegis.asgi:application",
+        ],
+        cwd=REPO,
+        env=process_environment(**environment),
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base_url}/healthz", process=process)
+        yield base_url
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen, timeout: float = 20.0) -> int:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
