@@ -8,6 +8,7 @@ process group never reaches it: whoever started it stops it explicitly, in order
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -96,10 +97,8 @@ def _wait_gone(pid: int, name_fragment: str, timeout: float) -> bool:
     """Wait for `pid` to exit; reaps it when it is our child, treats a zombie as gone."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
+        with contextlib.suppress(ChildProcessError):  # not our child: its parent reaps it
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass  # not our child: its own parent (or init) reaps it
         if not process_alive(pid, name_fragment):
             return True
         if time.monotonic() >= deadline:

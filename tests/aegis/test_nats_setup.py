@@ -43,7 +43,8 @@ async def _shorten_telemetry_retention():
 def test_nats_setup_creates_then_leaves_the_topology_unchanged():
     _setup()
     second = _setup()
-    assert second and all(line.endswith("unchanged") for line in second), second
+    assert second
+    assert all(line.endswith("unchanged") for line in second), second
     names = {line.split(":")[0] for line in second}
     assert {
         "stream TELEMETRY",

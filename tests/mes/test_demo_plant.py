@@ -29,7 +29,8 @@ def test_demo_plant_can_be_created_again_without_changes(tmp_path):
         second = _run()
     assert "(9 objects created)" in first
     assert "(0 objects created)" in second
-    assert [model.objects.count() for model in (Site, Area, Line, Station)] == counts == [1, 1, 1, 6]
+    assert counts == [1, 1, 1, 6]
+    assert [model.objects.count() for model in (Site, Area, Line, Station)] == counts
     assert list(Station.objects.values_list("code", flat=True)) == ["1", "2", "3", "4", "5", "6"]
 
 
@@ -46,7 +47,8 @@ def test_demo_users_keep_their_printed_passwords_across_runs(tmp_path):
         assert user is not None, entry["username"]
         assert list(user.groups.values_list("name", flat=True)) == [entry["role"]]
     admin = get_user_model().objects.get(username="admin")
-    assert admin.is_superuser and admin.is_staff
+    assert admin.is_superuser
+    assert admin.is_staff
     assert not get_user_model().objects.get(username="operator").is_staff
 
 
