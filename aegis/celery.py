@@ -3,12 +3,15 @@
 import os
 
 from celery import Celery, signals
+from django_structlog.celery.steps import DjangoStructLogInitStep
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aegis.settings.development")
 
 app = Celery("aegis")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Binds task_id (and the request_id of the web request that enqueued it) to every log line.
+app.steps["worker"].add(DjangoStructLogInitStep)
 
 app.conf.beat_schedule = {
     "heartbeat": {

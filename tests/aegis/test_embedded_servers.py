@@ -170,3 +170,43 @@ def test_cli_reports_and_stops_servers(data_dir):
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.strip() == "stopped: nats"
     assert services.status() == {}
+
+
+def _manage(data_dir: Path, code: str) -> subprocess.CompletedProcess:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("AEGIS_") and key != "DJANGO_SETTINGS_MODULE"
+    }
+    environment["AEGIS_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+PRINT_DATABASE_PORT = (
+    "from django.db import connection; connection.ensure_connection();"
+    "print(connection.settings_dict['PORT'])"
+)
+
+
+def test_a_management_command_shares_running_servers_and_leaves_them_running(data_dir):
+    services = EmbeddedServices(data_dir)
+    services.acquire(["postgresql", "nats", "redis"])  # as `make run` holds them
+    result = _manage(data_dir, PRINT_DATABASE_PORT)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) == services.status()["postgresql"]["port"]
+    assert all(info["running"] for info in services.status().values())
+    services.release()
+
+
+def test_a_management_command_starts_missing_servers_and_stops_them_after(data_dir):
+    result = _manage(data_dir, PRINT_DATABASE_PORT)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) > 0
+    assert EmbeddedServices(data_dir).status() == {}
