@@ -31,6 +31,17 @@ def test_database_url() -> str:
     )
 
 
+def environment_without_aegis(**variables: str) -> dict[str, str]:
+    """This environment minus every Aegis setting, as on a fresh shell, plus `variables`."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AEGIS_", "PROMETHEUS_")) and key != "DJANGO_SETTINGS_MODULE"
+    }
+    environment.update(variables)
+    return environment
+
+
 def process_environment(**overrides: str) -> dict[str, str]:
     environment = dict(os.environ)
     environment.update(

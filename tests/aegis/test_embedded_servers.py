@@ -18,6 +18,7 @@ import redis
 
 from aegis.embedded import EmbeddedServices
 from aegis.embedded.servers import port_accepts
+from tests.support import REPO, environment_without_aegis
 
 pytestmark = pytest.mark.slow
 
@@ -173,16 +174,10 @@ def test_cli_reports_and_stops_servers(data_dir):
 
 
 def _manage(data_dir: Path, code: str) -> subprocess.CompletedProcess:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("AEGIS_") and key != "DJANGO_SETTINGS_MODULE"
-    }
-    environment["AEGIS_DATA_DIR"] = str(data_dir)
     return subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=Path(__file__).resolve().parents[2],
-        env=environment,
+        cwd=REPO,
+        env=environment_without_aegis(AEGIS_DATA_DIR=str(data_dir)),
         capture_output=True,
         text=True,
         timeout=120,

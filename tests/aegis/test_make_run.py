@@ -19,26 +19,18 @@ import psutil
 import pytest
 
 from aegis.embedded.servers import free_port, port_accepts
-from tests.support import REPO, http_get, readyz, wait_for_http
+from tests.support import REPO, environment_without_aegis, http_get, readyz, wait_for_http
 
 pytestmark = pytest.mark.slow
 
 
 def _launcher_environment(data_dir: Path, port: int) -> dict[str, str]:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AEGIS_", "PROMETHEUS_")) and key != "DJANGO_SETTINGS_MODULE"
-    }
-    environment.update(
-        {
-            "AEGIS_DATA_DIR": str(data_dir),
-            "AEGIS_PORT": str(port),
-            "AEGIS_NATS_SYNC_INTERVAL": "2m",
-            "AEGIS_WORKER_CONCURRENCY": "1",
-        }
+    return environment_without_aegis(
+        AEGIS_DATA_DIR=str(data_dir),
+        AEGIS_PORT=str(port),
+        AEGIS_NATS_SYNC_INTERVAL="2m",
+        AEGIS_WORKER_CONCURRENCY="1",
     )
-    return environment
 
 
 def _processes_of(data_dir: Path) -> list[psutil.Process]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import sys
 import pytest
 
 from aegis.settings import environment as env
-from tests.support import REPO
+from tests.support import REPO, environment_without_aegis
 
 PRODUCTION = {
     "DJANGO_SETTINGS_MODULE": "aegis.settings.production",
@@ -23,16 +22,10 @@ PRODUCTION = {
 
 
 def _django_setup(**variables: str) -> subprocess.CompletedProcess:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("AEGIS_") and key != "DJANGO_SETTINGS_MODULE"
-    }
-    environment.update(variables)
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); print('configured')"],
         cwd=REPO,
-        env=environment,
+        env=environment_without_aegis(**variables),
         capture_output=True,
         text=True,
         timeout=60,
@@ -87,16 +80,10 @@ def test_production_requires_explicit_servers_secret_and_hosts(variable):
 
 
 def test_production_settings_pass_the_deployment_checklist():
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("AEGIS_") and key != "DJANGO_SETTINGS_MODULE"
-    }
-    environment.update(PRODUCTION)
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=REPO,
-        env=environment,
+        env=environment_without_aegis(**PRODUCTION),
         capture_output=True,
         text=True,
         timeout=60,
