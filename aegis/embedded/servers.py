@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -332,6 +333,11 @@ class NatsServer(_ConfiguredDaemon):
 
     def __init__(self, data_dir: Path, password: str, sync_interval: str = "always") -> None:
         super().__init__(data_dir / "nats", password)
+        if not re.fullmatch(r"always|\d+(ms|s|m|h)", sync_interval):
+            raise EmbeddedServerError(
+                f"AEGIS_NATS_SYNC_INTERVAL: expected 'always' or a duration like 2m, "
+                f"got {sync_interval!r}"
+            )
         self.sync_interval = sync_interval
 
     @staticmethod
@@ -361,7 +367,7 @@ class NatsServer(_ConfiguredDaemon):
             "max_payload: 8MB",
             "jetstream {",
             f'  store_dir: "{self.root / "jetstream"}"',
-            f"  sync_interval: {self.sync_interval}",
+            f'  sync_interval: "{self.sync_interval}"',  # unquoted, "2m" would parse as a size
             "}",
             "authorization {",
             f"  user: {self.user}",

@@ -8,6 +8,7 @@ them: web, Celery worker children and stream workers all show up in one scrape.
 from __future__ import annotations
 
 import os
+import socket
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,7 +18,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
+
+_HOST = socket.gethostname().replace("_", "-")  # "_" separates fields in the file names
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Files are named per process; with the hostname in the name, containers sharing one
+    # directory (each with its own pid 1) never write into each other's files.
+    values.ValueClass = values.MultiProcessValue(
+        process_identifier=lambda: f"{_HOST}-{os.getpid()}"
+    )
 
 HTTP_REQUESTS = Counter(
     "aegis_http_requests_total",
@@ -55,4 +65,4 @@ def exposition() -> tuple[bytes, str]:
 def mark_process_dead(pid: int) -> None:
     """Drop a finished process's live gauges (Celery pool children call this on exit)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(f"{_HOST}-{pid}")

@@ -36,6 +36,10 @@
     socket.onopen = () => { socketState.textContent = "connected"; delay = 1000; };
     socket.onmessage = (message) => {
       const event = JSON.parse(message.data);
+      if (event.type === "hello") {
+        socketState.textContent = `connected as ${event.user}`;
+        return;
+      }
       const stamp = new Date().toLocaleTimeString();
       events.prepend(item(`${stamp} ${event.type} ${JSON.stringify(event)}`));
       while (events.children.length > 50) events.lastChild.remove();

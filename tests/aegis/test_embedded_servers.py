@@ -205,3 +205,27 @@ def test_a_management_command_starts_missing_servers_and_stops_them_after(data_d
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.split()[-1]) > 0
     assert EmbeddedServices(data_dir).status() == {}
+
+
+@pytest.mark.parametrize("sync_interval", ["always", "2m", "250ms"])
+def test_embedded_nats_configuration_is_valid_for_each_fsync_policy(tmp_path, sync_interval):
+    from aegis.embedded.servers import NatsServer
+
+    server = NatsServer(tmp_path, "pw", sync_interval)
+    server.config_file.parent.mkdir(parents=True)
+    server.config_file.write_text("\n".join(server.config_lines(4222)))
+    result = subprocess.run(
+        [str(server.binary()), "-t", "-c", str(server.config_file)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout + result.stderr
+
+
+def test_a_malformed_fsync_policy_is_refused_naming_the_variable(tmp_path):
+    from aegis.embedded import EmbeddedServerError
+    from aegis.embedded.servers import NatsServer
+
+    with pytest.raises(EmbeddedServerError, match="AEGIS_NATS_SYNC_INTERVAL"):
+        NatsServer(tmp_path, "pw", "sometimes")

@@ -117,3 +117,14 @@ def test_every_response_carries_a_request_id(client):
 def test_operations_endpoints_refuse_writes(client):
     assert client.post("/readyz").status_code in (403, 405)
     assert client.post("/healthz").status_code in (403, 405)
+
+
+def test_metrics_files_are_named_per_host_and_process(client, settings):
+    import os
+    import socket
+    from pathlib import Path
+
+    client.get("/healthz")
+    host = socket.gethostname().replace("_", "-")
+    names = {path.name for path in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).iterdir()}
+    assert f"counter_{host}-{os.getpid()}.db" in names
