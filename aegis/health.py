@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,13 +32,14 @@ class DependencyStatus:
 
 def _postgresql() -> str:
     database = settings.DATABASES["default"]
+    options = {**database.get("OPTIONS", {}), "connect_timeout": CHECK_TIMEOUT_S}
     with psycopg.connect(
         host=database["HOST"],
         port=database["PORT"] or 5432,
         dbname=database["NAME"],
         user=database["USER"],
         password=database["PASSWORD"],
-        connect_timeout=CHECK_TIMEOUT_S,
+        **options,
     ) as connection:
         version = connection.execute("SHOW server_version").fetchone()[0]
         timescale = connection.execute(
@@ -98,3 +100,19 @@ def _run(name: str) -> DependencyStatus:
 def check_dependencies() -> dict[str, DependencyStatus]:
     with ThreadPoolExecutor(max_workers=len(CHECKS)) as pool:
         return {status.name: status for status in pool.map(_run, CHECKS)}
+
+
+_cache_lock = threading.Lock()
+_cached: tuple[float, tuple, dict[str, DependencyStatus]] | None = None
+
+
+def check_dependencies_cached(max_age_s: float) -> dict[str, DependencyStatus]:
+    """`check_dependencies()`, reusing a result younger than `max_age_s` for the same servers."""
+    global _cached
+    servers = (settings.DATABASES["default"]["HOST"], settings.NATS_URL, settings.REDIS_URL)
+    with _cache_lock:
+        if _cached and _cached[1] == servers and time.monotonic() - _cached[0] < max_age_s:
+            return _cached[2]
+        statuses = check_dependencies()
+        _cached = (time.monotonic(), servers, statuses)
+        return statuses

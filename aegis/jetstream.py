@@ -159,52 +159,69 @@ def _differs(current: object, wanted: object, fields: list[str]) -> list[str]:
     return [f for f in fields if getattr(current, f) != getattr(wanted, f)]
 
 
+STREAM_FIELDS = ["subjects", "max_age", "duplicate_window", "description", "num_replicas"]
+CONSUMER_FIELDS = ["filter_subject", "ack_wait", "max_ack_pending", "description", "num_replicas"]
+
+
+async def _provision_stream(js: JetStreamContext, wanted: api.StreamConfig) -> str:
+    try:
+        current = (await js.stream_info(wanted.name)).config
+    except NotFoundError:
+        await js.add_stream(wanted)
+        return "created"
+    changed = _differs(current, wanted, STREAM_FIELDS)
+    if not changed:
+        return "unchanged"
+    await js.update_stream(wanted)
+    return f"updated {', '.join(changed)}"
+
+
+async def _provision_consumer(js: JetStreamContext, spec: ConsumerSpec, replicas: int) -> str:
+    wanted = spec.config(replicas)
+    try:
+        current = (await js.consumer_info(spec.stream, spec.durable)).config
+    except NotFoundError:
+        await js.add_consumer(spec.stream, wanted)
+        return "created"
+    changed = _differs(current, wanted, CONSUMER_FIELDS)
+    if not changed:
+        return "unchanged"
+    await js.add_consumer(spec.stream, wanted)  # creating an existing durable updates it
+    return f"updated {', '.join(changed)}"
+
+
+async def _provision_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> str:
+    try:
+        await js.key_value(spec.bucket)
+    except BucketNotFoundError:
+        await js.create_key_value(
+            bucket=spec.bucket,
+            description=spec.description,
+            history=spec.history,
+            replicas=replicas,
+            storage=api.StorageType.FILE,
+        )
+        return "created"
+    # A bucket is the stream KV_<bucket>; its replicas and history are that stream's settings.
+    current = (await js.stream_info(f"KV_{spec.bucket}")).config
+    wanted = {"num_replicas": replicas, "max_msgs_per_subject": spec.history}
+    changed = [field for field, value in wanted.items() if getattr(current, field) != value]
+    if not changed:
+        return "unchanged"
+    await js.update_stream(current.evolve(**wanted))
+    return f"updated {', '.join(changed)}"
+
+
 async def provision(js: JetStreamContext, replicas: int) -> list[str]:
     """Create or update the declared topology; returns one line per object saying what changed."""
     report = []
-    for spec in streams():
-        wanted = spec.config(replicas)
-        try:
-            current = (await js.stream_info(spec.name)).config
-        except NotFoundError:
-            await js.add_stream(wanted)
-            report.append(f"stream {spec.name}: created")
-            continue
-        changed = _differs(
-            current, wanted, ["subjects", "max_age", "duplicate_window", "description"]
-        )
-        if changed:
-            await js.update_stream(wanted)
-            report.append(f"stream {spec.name}: updated {', '.join(changed)}")
-        else:
-            report.append(f"stream {spec.name}: unchanged")
-    for spec in consumers():
-        wanted = spec.config(replicas)
-        try:
-            current = (await js.consumer_info(spec.stream, spec.durable)).config
-        except NotFoundError:
-            await js.add_consumer(spec.stream, wanted)
-            report.append(f"consumer {spec.stream}/{spec.durable}: created")
-            continue
-        changed = _differs(
-            current, wanted, ["filter_subject", "ack_wait", "max_ack_pending", "description"]
-        )
-        if changed:
-            await js.add_consumer(spec.stream, wanted)
-            report.append(f"consumer {spec.stream}/{spec.durable}: updated {', '.join(changed)}")
-        else:
-            report.append(f"consumer {spec.stream}/{spec.durable}: unchanged")
-    for spec in buckets():
-        try:
-            await js.key_value(spec.bucket)
-            report.append(f"kv {spec.bucket}: unchanged")
-        except BucketNotFoundError:
-            await js.create_key_value(
-                bucket=spec.bucket,
-                description=spec.description,
-                history=spec.history,
-                replicas=replicas,
-                storage=api.StorageType.FILE,
-            )
-            report.append(f"kv {spec.bucket}: created")
+    for stream in streams():
+        outcome = await _provision_stream(js, stream.config(replicas))
+        report.append(f"stream {stream.name}: {outcome}")
+    for consumer in consumers():
+        outcome = await _provision_consumer(js, consumer, replicas)
+        report.append(f"consumer {consumer.stream}/{consumer.durable}: {outcome}")
+    for bucket in buckets():
+        outcome = await _provision_bucket(js, bucket, replicas)
+        report.append(f"kv {bucket.bucket}: {outcome}")
     return report

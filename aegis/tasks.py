@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
@@ -16,7 +17,7 @@ HEARTBEAT_KEY = "aegis:celery:heartbeat"
 @shared_task(name="aegis.heartbeat")
 def heartbeat() -> dict:
     """Record that a worker ran a task just now; /readyz reports its age (beat → worker → Redis)."""
-    beat = {"worker": socket.gethostname(), "at": time.time()}
+    beat = {"worker": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
         client.set(HEARTBEAT_KEY, json.dumps(beat), ex=3600)

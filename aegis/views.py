@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from aegis.health import check_dependencies
+from aegis.health import check_dependencies_cached
 from aegis.observability.metrics import READINESS_FAILURES, exposition
 from aegis.tasks import last_heartbeat
 from mes.selectors import plant_overview
@@ -38,24 +38,38 @@ def _celery_status() -> dict[str, object]:
     }
 
 
+def _bearer_token_valid(request: HttpRequest) -> bool:
+    if not settings.METRICS_TOKEN:
+        return False
+    supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(supplied.encode(), settings.METRICS_TOKEN.encode())
+
+
 @require_GET
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: PostgreSQL, NATS and Redis each answer; 503 naming the ones that do not.
 
-    Celery's heartbeat is reported for operators but does not decide readiness: the web tier
-    can serve while workers restart.
+    Anyone (a load balancer, an orchestrator) gets each dependency's status; signed-in users
+    and holders of the metrics token also get latencies, versions and errors. Celery's
+    heartbeat is reported but does not decide readiness: the web tier serves while workers
+    restart.
     """
-    statuses = check_dependencies()
+    statuses = check_dependencies_cached(settings.READINESS_CACHE_SECONDS)
     down = sorted(name for name, status in statuses.items() if not status.ok)
     for name in down:
         READINESS_FAILURES.labels(name).inc()
+    detailed = request.user.is_authenticated or _bearer_token_valid(request)
     body = {
         "status": "ok" if not down else "unavailable",
         "down": down,
-        "checks": {name: status.as_dict() for name, status in statuses.items()},
-        "celery": _celery_status(),
+        "checks": {
+            name: status.as_dict() if detailed else {"status": status.as_dict()["status"]}
+            for name, status in statuses.items()
+        },
     }
+    if detailed:
+        body["celery"] = _celery_status()
     return JsonResponse(body, status=503 if down else 200)
 
 
@@ -63,10 +77,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
 @never_cache
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition for every Aegis process on this host (bearer token if configured)."""
-    if settings.METRICS_TOKEN:
-        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(supplied.encode(), settings.METRICS_TOKEN.encode()):
-            return JsonResponse({"detail": "a valid bearer token is required"}, status=401)
+    if settings.METRICS_TOKEN and not _bearer_token_valid(request):
+        return JsonResponse({"detail": "a valid bearer token is required"}, status=401)
     payload, content_type = exposition()
     return HttpResponse(payload, content_type=content_type)
 

@@ -13,7 +13,14 @@ import signal
 import sys
 from pathlib import Path
 
-from aegis.embedded.runtime import SERVICE_ORDER, EmbeddedServices, default_data_dir
+import psutil
+
+from aegis.embedded.runtime import (
+    SERVICE_ORDER,
+    EmbeddedServices,
+    default_data_dir,
+    product_processes,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.action == "status":
         print(json.dumps(services.status(), indent=2))
     elif arguments.action == "stop":
+        leftovers = product_processes(services.data_dir)
+        for process in leftovers:
+            process.terminate()
+        psutil.wait_procs(leftovers, timeout=15)
+        if leftovers:
+            print(f"stopped {len(leftovers)} Aegis processes left by a killed launcher")
         stopped = services.stop_all()
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
     else:

@@ -15,6 +15,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +26,16 @@ import fasteners
 import psutil
 
 from aegis.embedded.servers import (
+    START_TIMEOUT_S,
     EmbeddedServerError,
     NatsServer,
     PostgresServer,
     RedisServer,
     RunningServer,
     free_port,
+    port_accepts,
+    process_alive,
+    write_private,
 )
 
 # Environment variable that points each process at a service, by service name.
@@ -61,19 +68,21 @@ class EmbeddedServices:
         self._ensure_dirs()
         with self.lock:
             state = self._read_state()
+            urls = {}
             for name in wanted:
-                known = state["servers"].get(name)
                 server = self._server(name)
-                running = RunningServer(**known) if known else None
-                if running and server.is_running(running):
-                    continue
-                port = free_port(running.port if running else None)
-                state["servers"][name] = server.start(port).as_dict()
-                self._write_state(state)
-            leases = state["leases"]
-            leases[str(holder_pid)] = sorted(set(leases.get(str(holder_pid), [])) | set(wanted))
+                running = self._known(state, name)
+                if running is None or not self._still_running(server, running):
+                    running = self._start(server, running.port if running else None)
+                    state["servers"][name] = {"pid": running.pid, "port": running.port}
+                    self._write_state(state)
+                urls[name] = running.url
+            lease = state["leases"].setdefault(
+                str(holder_pid), {"started": _started_at(holder_pid), "services": []}
+            )
+            lease["services"] = sorted(set(lease["services"]) | set(wanted))
             self._write_state(state)
-            return {name: state["servers"][name]["url"] for name in wanted}
+            return urls
 
     def release(self, holder_pid: int | None = None, *, delete_data: bool = False) -> list[str]:
         """Drop `holder_pid`'s lease; stop servers no live lease needs; return their names."""
@@ -83,7 +92,7 @@ class EmbeddedServices:
         with self.lock:
             state = self._read_state()
             state["leases"].pop(str(holder_pid), None)
-            needed = {name for names in state["leases"].values() for name in names}
+            needed = {name for lease in state["leases"].values() for name in lease["services"]}
             stopped = self._stop(state, [n for n in state["servers"] if n not in needed])
             self._write_state(state)
         if delete_data and not state["servers"]:
@@ -107,32 +116,39 @@ class EmbeddedServices:
         with self.lock:
             state = self._read_state()
         report = {}
-        for name, known in state["servers"].items():
-            running = RunningServer(**known)
+        for name in state["servers"]:
+            running = self._known(state, name)
             report[name] = {
                 "pid": running.pid,
                 "port": running.port,
                 "running": self._server(name).is_running(running),
-                "leased_by": [int(p) for p, names in state["leases"].items() if name in names],
+                "leased_by": [
+                    int(pid) for pid, lease in state["leases"].items() if name in lease["services"]
+                ],
             }
         return report
-
-    # -- internals --------------------------------------------------------------------------
-
-    def _ensure_dirs(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.chmod(0o755)
 
     def secrets(self) -> dict[str, str]:
         """Passwords generated on first start and kept (0600) in the data directory."""
         path = self.data_dir / "secrets.json"
         if path.exists():
             return json.loads(path.read_text())
+        if (self.data_dir / "postgres" / "PG_VERSION").exists():
+            raise EmbeddedServerError(
+                f"{path} is missing but {self.data_dir / 'postgres'} holds a database whose "
+                "password was in it: restore the file, or delete the data directory "
+                "(make clean-data) to start from scratch"
+            )
         values = {name: secrets.token_urlsafe(24) for name in SERVICE_ORDER}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(values, indent=2))
+        write_private(path, json.dumps(values, indent=2))
         return values
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _ensure_dirs(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Owner only; as root, PostgreSQL runs as another user that must traverse (not list) it.
+        self.data_dir.chmod(0o711 if os.geteuid() == 0 else 0o700)
 
     def _server(self, name: str):
         password = self.secrets()[name]
@@ -144,27 +160,93 @@ class EmbeddedServices:
             return RedisServer(self.data_dir, password)
         raise EmbeddedServerError(f"unknown embedded service {name!r}")
 
+    def _known(self, state: dict, name: str) -> RunningServer | None:
+        known = state["servers"].get(name)
+        if known is None:
+            return None
+        server = self._server(name)
+        return RunningServer(name, known["pid"], known["port"], server.url(known["port"]))
+
+    @staticmethod
+    def _still_running(server, running: RunningServer) -> bool:
+        """True when it serves. A live process that does not answer yet is waited for, never
+        replaced: a second server on the same files would corrupt them."""
+        if server.is_running(running):
+            return True
+        if not process_alive(running.pid, server.process_name):
+            return False
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if server.is_running(running):
+                return True
+            time.sleep(0.1)
+        raise EmbeddedServerError(
+            f"{server.name} (pid {running.pid}) runs but does not answer on port {running.port}; "
+            "stop it (python -m aegis.embedded stop) and try again"
+        )
+
+    @staticmethod
+    def _start(server, previous_port: int | None) -> RunningServer:
+        """Start on the previous port if free; retry on another if something took it meanwhile."""
+        port = free_port(previous_port)
+        attempts_left = 3
+        while True:
+            try:
+                return server.start(port)
+            except EmbeddedServerError:
+                attempts_left -= 1
+                if not attempts_left or not port_accepts(port):
+                    raise
+                port = free_port()  # another process took the port between probe and start
+
     def _read_state(self) -> dict:
         state = {"servers": {}, "leases": {}}
         if self.state_file.exists():
             state.update(json.loads(self.state_file.read_text()))
         state["leases"] = {
-            pid: names for pid, names in state["leases"].items() if psutil.pid_exists(int(pid))
+            pid: lease
+            for pid, lease in state["leases"].items()
+            if _started_at(int(pid)) == lease["started"]  # the pid may have been reused
         }
         return state
 
     def _write_state(self, state: dict) -> None:
         temporary = self.state_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state, indent=2))
+        write_private(temporary, json.dumps(state, indent=2))
         temporary.replace(self.state_file)
 
     def _stop(self, state: dict, names: list[str]) -> list[str]:
         stopped = []
         for name in reversed(SERVICE_ORDER):
             if name in names and name in state["servers"]:
-                self._server(name).stop(RunningServer(**state["servers"].pop(name)))
+                self._server(name).stop(self._known(state, name))
+                del state["servers"][name]
                 stopped.append(name)
         return stopped
+
+
+def product_processes(data_dir: Path) -> list[psutil.Process]:
+    """Aegis processes (web, workers) started by a launcher for `data_dir`, found by the
+    AEGIS_DATA_DIR it exports to them: what a launcher killed with SIGKILL leaves behind."""
+    wanted = str(Path(data_dir).expanduser().resolve())
+    found = []
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get("AEGIS_DATA_DIR") == wanted:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _started_at(pid: int) -> float | None:
+    """When `pid` started, to tell a live lease holder from a new process that reused its pid."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
 
 
 def default_data_dir() -> Path:
@@ -180,7 +262,9 @@ def use_embedded_services(
     Called once per process by the development and test settings; a no-op for services that
     the environment already points at (including this process's children, which inherit URLs).
     """
-    missing = [name for name, var in SERVICE_URL_VARIABLES.items() if not os.environ.get(var)]
+    missing = [
+        name for name, var in SERVICE_URL_VARIABLES.items() if not os.environ.get(var, "").strip()
+    ]
     if not missing:
         return {}
     services = EmbeddedServices(data_dir, nats_sync_interval=nats_sync_interval)
@@ -188,6 +272,7 @@ def use_embedded_services(
     for name, url in urls.items():
         os.environ[SERVICE_URL_VARIABLES[name]] = url
     os.environ["AEGIS_EMBEDDED_DATA_DIR"] = str(services.data_dir)
+    os.environ["AEGIS_EMBEDDED_SERVICES"] = ",".join(sorted(urls))
     owner = os.getpid()
 
     def release_on_exit() -> None:
@@ -196,4 +281,19 @@ def use_embedded_services(
             services.release(owner, delete_data=delete_on_exit)
 
     atexit.register(release_on_exit)
+    _exit_cleanly_on_termination()
     return urls
+
+
+def _exit_cleanly_on_termination() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) raise SystemExit in the lease holder, so its exit
+    hooks run and the servers it holds are released. Handlers set by others are kept."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, leave)

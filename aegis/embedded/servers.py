@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -39,8 +40,21 @@ class RunningServer:
     port: int
     url: str
 
-    def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "pid": self.pid, "port": self.port, "url": self.url}
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, from the moment it exists (it holds secrets)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+
+
+def _allow_traversal(path: Path) -> None:
+    """Let other users pass through (not list) every folder above `path`."""
+    for folder in path.resolve().parents:
+        mode = folder.stat().st_mode
+        if mode & stat.S_IXOTH == 0:
+            folder.chmod(mode | stat.S_IXOTH)
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -156,18 +170,13 @@ class PostgresServer:
 
     def _prepare_for_system_user(self) -> None:
         import pwd
-        import stat
 
         bin_dir = self.bin_dir  # imports pgserver quietly first
-        from pgserver.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        from pgserver.utils import ensure_folder_permissions, ensure_user_exists
 
         ensure_user_exists(self.system_user)
-        ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(bin_dir)
+        _allow_traversal(self.pgdata)
+        _allow_traversal(bin_dir)
         read = stat.S_IRGRP | stat.S_IROTH
         ensure_folder_permissions(bin_dir, read | stat.S_IXGRP | stat.S_IXOTH)
         ensure_folder_permissions(bin_dir.parent / "lib", read)
@@ -179,7 +188,7 @@ class PostgresServer:
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self.pgdata.chmod(0o700)
         pwfile = self.pgdata.parent / ".pg-initial-password"
-        pwfile.write_text(self.password)
+        write_private(pwfile, self.password)
         try:
             if self.system_user:
                 self._prepare_for_system_user()
@@ -187,7 +196,6 @@ class PostgresServer:
 
                 entry = pwd.getpwnam(self.system_user)
                 os.chown(pwfile, entry.pw_uid, entry.pw_gid)
-            pwfile.chmod(0o600)
             self._run(
                 [
                     str(self.bin_dir / "initdb"),
@@ -238,9 +246,13 @@ class PostgresServer:
             raise EmbeddedServerError(
                 f"PostgreSQL failed to start on port {port}: {error.stderr.strip()}\n{log}"
             ) from error
-        pid = self._postmaster_pid()
-        self._ensure_database(port)
-        return RunningServer(self.name, pid, port, self.url(port))
+        running = RunningServer(self.name, self._postmaster_pid(), port, self.url(port))
+        try:
+            self._ensure_database(port)
+        except Exception:
+            self.stop(running)  # never leave a server behind that nobody recorded
+            raise
+        return running
 
     def _postmaster_pid(self) -> int:
         return int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
@@ -299,8 +311,7 @@ class _ConfiguredDaemon:
 
     def start(self, port: int) -> RunningServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text("\n".join([*self.config_lines(port), ""]))
-        self.config_file.chmod(0o600)  # it holds the password
+        write_private(self.config_file, "\n".join([*self.config_lines(port), ""]))
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(
                 self.command(),
@@ -309,12 +320,17 @@ class _ConfiguredDaemon:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        _wait_until(
-            lambda: process.poll() is None and port_accepts(port),
-            START_TIMEOUT_S,
-            f"{self.process_name} on port {port}",
-            self.log_file,
-        )
+        try:
+            _wait_until(
+                lambda: process.poll() is None and port_accepts(port),
+                START_TIMEOUT_S,
+                f"{self.process_name} on port {port}",
+                self.log_file,
+            )
+        except BaseException:
+            process.kill()  # never leave a server behind that nobody recorded
+            process.wait()
+            raise
         return RunningServer(self.name, process.pid, port, self.url(port))
 
     def is_running(self, server: RunningServer) -> bool:

@@ -7,6 +7,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from aegis.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
+# Clients choose the method word; only these become label values (bounded cardinality).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class _ResponseObserver:
     """Middleware that looks at each response, under WSGI and ASGI alike (no thread hop)."""
@@ -43,7 +46,8 @@ class RequestMetricsMiddleware(_ResponseObserver):
     def observe(self, request, response, started: float) -> None:
         match = getattr(request, "resolver_match", None)
         route = "unmatched" if match is None else (match.view_name or match.route or "unnamed")
-        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
         HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
 
 

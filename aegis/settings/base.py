@@ -75,9 +75,11 @@ DATABASES["default"].update(
     {
         "CONN_MAX_AGE": env.integer("AEGIS_DB_CONN_MAX_AGE", 60, minimum=0),
         "CONN_HEALTH_CHECKS": True,
+        # Options from the URL's query string (sslmode, sslrootcert, …) are kept.
         "OPTIONS": {
             "connect_timeout": env.integer("AEGIS_DB_CONNECT_TIMEOUT", 5, minimum=1),
             "application_name": "aegis",
+            **DATABASES["default"].get("OPTIONS", {}),
         },
     }
 )
@@ -145,6 +147,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
+
+# /readyz reuses a result this long, so probes and open browser tabs cannot hammer the servers.
+READINESS_CACHE_SECONDS = env.integer("AEGIS_READINESS_CACHE_SECONDS", 2, minimum=0)
 
 # Bearer token required by /metrics when set (scrapers send `Authorization: Bearer …`).
 METRICS_TOKEN = env.raw("AEGIS_METRICS_TOKEN")

@@ -7,6 +7,14 @@ from aegis.settings import environment as env
 from aegis.settings.secret_key import persistent_secret_key
 
 os.environ.setdefault("AEGIS_DEBUG", "true")
+# A malformed URL fails here, before any embedded server starts for the others.
+for _variable, _schemes in (
+    ("AEGIS_DATABASE_URL", ("postgres", "postgresql", "postgis")),
+    ("AEGIS_NATS_URL", ("nats", "tls")),
+    ("AEGIS_REDIS_URL", ("redis", "rediss")),
+):
+    if env.raw(_variable):
+        env.service_url(_variable, _schemes)
 use_embedded_services(
     default_data_dir(), nats_sync_interval=env.string("AEGIS_NATS_SYNC_INTERVAL", "always")
 )

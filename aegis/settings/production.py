@@ -11,6 +11,16 @@ for _variable, _why in (
 
 from aegis.settings.base import *  # noqa: E402,F403
 
+for _variable in (
+    "AEGIS_SECRET_KEY",
+    "AEGIS_DATABASE_URL",
+    "AEGIS_NATS_URL",
+    "AEGIS_REDIS_URL",
+    "AEGIS_METRICS_TOKEN",
+):
+    if "change-me" in (env.raw(_variable) or ""):
+        raise env.SettingError(_variable, "still holds a change-me placeholder from .env.example")
+
 SECRET_KEY = env.required("AEGIS_SECRET_KEY", "a random string of at least 50 characters")
 if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
     raise env.SettingError("AEGIS_SECRET_KEY", "must be at least 50 random characters")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ def test_a_task_runs_in_a_real_worker_process(worker, client):
     beat = result.get(timeout=60)
     assert result.successful()
     assert beat["at"] <= time.time()
+    assert beat["pid"] != os.getpid()  # ran in the worker's pool process, not here
     assert last_heartbeat() == beat
     # The worker's pool process counted the task in the shared metrics directory.
     text = client.get("/metrics").content.decode()

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import redis
 
-from aegis.embedded import EmbeddedServices
+from aegis.embedded import EmbeddedServerError, EmbeddedServices
 from aegis.embedded.servers import port_accepts
 from tests.support import REPO, environment_without_aegis
 
@@ -229,3 +229,55 @@ def test_a_malformed_fsync_policy_is_refused_naming_the_variable(tmp_path):
 
     with pytest.raises(EmbeddedServerError, match="AEGIS_NATS_SYNC_INTERVAL"):
         NatsServer(tmp_path, "pw", "sometimes")
+
+
+def test_secrets_stay_private_to_the_owner(data_dir):
+    services = EmbeddedServices(data_dir)
+    urls = services.acquire(["nats", "redis"])
+    try:
+        for path in (
+            data_dir / "secrets.json",
+            data_dir / "run" / "services.json",
+            data_dir / "nats" / "nats.conf",
+            data_dir / "redis" / "redis.conf",
+        ):
+            assert path.stat().st_mode & 0o077 == 0, path
+        assert data_dir.stat().st_mode & 0o066 == 0  # nobody else may list or write it
+        state = (data_dir / "run" / "services.json").read_text()
+        for name, password in services.secrets().items():
+            assert password not in state, name
+        assert services.secrets()["redis"] in urls["redis"]
+    finally:
+        services.release()
+
+
+def test_a_lost_password_file_is_reported_not_papered_over(data_dir):
+    services = EmbeddedServices(data_dir)
+    services.acquire(["postgresql"])
+    services.release()
+    (data_dir / "secrets.json").unlink()
+    with pytest.raises(EmbeddedServerError, match=r"secrets.json is missing"):
+        services.acquire(["postgresql"])
+    assert services.status() == {}
+    assert not any("postgres" in p.name() for p in _children_of_data_dir(data_dir))
+
+
+def _children_of_data_dir(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if str(data_dir) in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_a_lease_whose_pid_was_reused_does_not_keep_servers_running(data_dir):
+    import json
+
+    services = EmbeddedServices(data_dir)
+    services.acquire(["redis"])
+    state_file = data_dir / "run" / "services.json"
+    state = json.loads(state_file.read_text())
+    # pid 1 always exists, but it is not the process that took this lease.
+    state["leases"]["1"] = {"started": 0.0, "services": ["redis"]}
+    state_file.write_text(json.dumps(state))
+    assert services.release() == ["redis"]

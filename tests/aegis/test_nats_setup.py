@@ -30,12 +30,16 @@ async def _inspect():
         await client.close()
 
 
-async def _shorten_telemetry_retention():
+async def _drift():
+    """What an operator's manual edits do: change a stream, a consumer and a bucket."""
     client = await jetstream.connect("test", allow_reconnect=False)
     js = client.jetstream()
-    config = (await js.stream_info("TELEMETRY")).config
-    config.max_age = 3600.0
-    await js.update_stream(config)
+    stream = (await js.stream_info("TELEMETRY")).config
+    await js.update_stream(stream.evolve(max_age=3600.0))
+    consumer = (await js.consumer_info("TELEMETRY", "ingest")).config
+    await js.add_consumer("TELEMETRY", consumer.evolve(max_ack_pending=10))
+    bucket = (await js.stream_info("KV_foresight_models")).config
+    await js.update_stream(bucket.evolve(max_msgs_per_subject=2))
     await client.close()
 
 
@@ -68,8 +72,12 @@ def test_nats_setup_creates_then_leaves_the_topology_unchanged():
 @pytest.mark.django_db
 def test_nats_setup_repairs_drifted_configuration():
     _setup()
-    asyncio.run(_shorten_telemetry_retention())
+    asyncio.run(_drift())
     report = _setup()
     assert "stream TELEMETRY: updated max_age" in report
-    telemetry, _ = asyncio.run(_inspect())
+    assert "consumer TELEMETRY/ingest: updated max_ack_pending" in report
+    assert "kv foresight_models: updated max_msgs_per_subject" in report
+    telemetry, ingest = asyncio.run(_inspect())
     assert telemetry.max_age == settings.TELEMETRY_RETENTION_HOURS * 3600
+    assert ingest.max_ack_pending == 20_000
+    assert all(line.endswith("unchanged") for line in _setup())

@@ -13,6 +13,7 @@ from django.test import override_settings
 
 from aegis.embedded import EmbeddedServices
 from aegis.observability.metrics import HTTP_REQUESTS
+from tests.factories import UserFactory
 
 
 @pytest.mark.django_db
@@ -25,6 +26,7 @@ def test_healthz_answers_without_touching_dependencies(client, django_assert_num
 
 @pytest.mark.django_db
 def test_readyz_is_ok_when_every_dependency_answers(client):
+    client.force_login(UserFactory(role="operator"))
     response = client.get("/readyz")
     assert response.status_code == 200
     body = response.json()
@@ -38,11 +40,31 @@ def test_readyz_is_ok_when_every_dependency_answers(client):
     assert body["checks"]["postgresql"]["detail"].startswith("PostgreSQL 16")
 
 
+@pytest.mark.django_db
+def test_readyz_tells_anonymous_callers_only_the_status(client):
+    body = client.get("/readyz").json()
+    assert body["checks"] == {
+        "postgresql": {"status": "ok"},
+        "nats": {"status": "ok"},
+        "redis": {"status": "ok"},
+    }
+    assert "celery" not in body
+
+
+@pytest.mark.django_db
+@override_settings(METRICS_TOKEN="s3cret-scrape-token")
+def test_readyz_gives_details_to_the_metrics_token(client):
+    body = client.get("/readyz", HTTP_AUTHORIZATION="Bearer s3cret-scrape-token").json()
+    assert body["checks"]["redis"]["detail"].startswith("Redis ")
+    assert "celery" in body
+
+
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_readyz_answers_503_naming_nats_when_nats_is_stopped(client):
     data_dir = Path(tempfile.mkdtemp(prefix="aegis-readyz-"))
     own_nats = EmbeddedServices(data_dir)
+    client.force_login(UserFactory(role="supervisor"))
     try:
         url = own_nats.acquire(["nats"])["nats"]
         with override_settings(NATS_URL=url):
@@ -66,6 +88,7 @@ def test_readyz_answers_503_naming_nats_when_nats_is_stopped(client):
 def test_readyz_answers_503_naming_redis_when_redis_is_unreachable(client):
     from aegis.embedded.servers import free_port
 
+    client.force_login(UserFactory(role="supervisor"))
     with override_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"):
         response = client.get("/readyz")
     assert response.status_code == 503
@@ -128,3 +151,10 @@ def test_metrics_files_are_named_per_host_and_process(client, settings):
     host = socket.gethostname().replace("_", "-")
     names = {path.name for path in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).iterdir()}
     assert f"counter_{host}-{os.getpid()}.db" in names
+
+
+def test_metrics_label_unknown_methods_as_other(client):
+    client.generic("BREW", "/healthz")
+    text = client.get("/metrics").content.decode()
+    assert 'method="other",route="healthz"' in text
+    assert "BREW" not in text

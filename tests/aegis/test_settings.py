@@ -63,6 +63,21 @@ def test_a_malformed_setting_stops_startup_naming_the_variable(variable, value, 
 
 @pytest.mark.parametrize(
     "variable",
+    ["AEGIS_SECRET_KEY", "AEGIS_DATABASE_URL", "AEGIS_METRICS_TOKEN"],
+)
+def test_production_refuses_the_placeholders_of_env_example(variable):
+    placeholders = {
+        "AEGIS_SECRET_KEY": "change-me-" + "x" * 60,
+        "AEGIS_DATABASE_URL": "postgresql://aegis:change-me-postgres-password@db:5432/aegis",
+        "AEGIS_METRICS_TOKEN": "change-me-metrics-token",
+    }
+    result = _django_setup(**{**PRODUCTION, variable: placeholders[variable]})
+    assert result.returncode != 0
+    assert f"{variable}: still holds a change-me placeholder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "variable",
     [
         "AEGIS_DATABASE_URL",
         "AEGIS_NATS_URL",

@@ -59,3 +59,18 @@ def test_every_role_exists_with_its_permissions():
         group = Group.objects.get(name=role)
         held = {f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.all()}
         assert held == set(codenames), role
+
+
+def test_an_existing_account_with_a_demo_name_is_left_untouched(tmp_path):
+    plant_admin = get_user_model().objects.create_user(
+        username="admin", password="the plant's own password", is_staff=True
+    )
+    with override_settings(DATA_DIR=tmp_path):
+        printed = _run()
+    plant_admin.refresh_from_db()
+    assert plant_admin.check_password("the plant's own password")
+    assert not plant_admin.is_superuser
+    assert not plant_admin.groups.exists()
+    assert "admin       exists already and was left untouched" in printed
+    stored = json.loads((tmp_path / "demo-credentials.json").read_text())
+    assert "admin" not in {entry["username"] for entry in stored}

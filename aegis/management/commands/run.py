@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
 from pathlib import Path
 
+import fasteners
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
@@ -29,7 +32,15 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--no-demo", action="store_true", help="skip the demo plant and users")
+        parser.add_argument(
+            "--demo",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=(
+                "create the demo plant and demo users (default: only when the database is the "
+                "embedded one, never on a database this command did not start)"
+            ),
+        )
         parser.add_argument(
             "--procfile",
             default=str(settings.BASE_DIR / "Procfile"),
@@ -48,10 +59,18 @@ class Command(BaseCommand):
     def done(self, started: float) -> None:
         self.stdout.write(f"    done in {time.monotonic() - started:.1f} s")
 
-    def handle(self, *args, no_demo: bool, procfile: str, only: str, **options):
+    def handle(self, *args, demo: bool | None, procfile: str, only: str, **options):
         bind = os.environ.get("AEGIS_BIND", "127.0.0.1")
         port = _port_from_environment()
+        launcher_lock = fasteners.InterProcessLock(str(settings.DATA_DIR / "run" / "launcher.lock"))
+        if not launcher_lock.acquire(blocking=False):
+            raise CommandError(
+                f"another `make run` is using {settings.DATA_DIR}; stop it first, or give this "
+                "one its own AEGIS_DATA_DIR"
+            )
         _require_free_port(bind, port)
+        if demo is None:
+            demo = "postgresql" in os.environ.get("AEGIS_EMBEDDED_SERVICES", "").split(",")
 
         started = self.step("checking PostgreSQL, NATS and Redis")
         statuses = check_dependencies()
@@ -73,7 +92,7 @@ class Command(BaseCommand):
         call_command("nats_setup", stdout=self.stdout)
         self.done(started)
 
-        if not no_demo:
+        if demo:
             started = self.step("creating the demo plant and demo users")
             call_command("demo_plant", stdout=self.stdout)
             self.done(started)
@@ -97,10 +116,17 @@ class Command(BaseCommand):
         manager = Manager()
         for name in wanted:
             manager.add_process(name, processes[name], env=environment, cwd=str(settings.BASE_DIR))
+
+        # honcho stops everything on SIGINT and SIGTERM; a closed terminal (SIGHUP) too.
+        def hang_up(signum, frame) -> None:
+            manager.returncode = 129
+            manager.terminate()
+
+        signal.signal(signal.SIGHUP, hang_up)
         manager.loop()
         # The embedded servers are released by the settings' exit hook, after the processes.
-        if manager.returncode not in (0, None) and not _stopped_by_signal(manager.returncode):
-            sys.exit(manager.returncode)
+        if manager.returncode not in (0, None, *STOP_REQUESTED):
+            raise CommandError(f"a process of the Procfile exited with {manager.returncode}")
 
     def _process_environment(self, bind: str, port: int) -> dict[str, str]:
         metrics_dir = settings.DATA_DIR / "run" / "metrics"
@@ -139,6 +165,5 @@ def _require_free_port(bind: str, port: int) -> None:
             ) from None
 
 
-def _stopped_by_signal(returncode: int) -> bool:
-    # honcho reports 130 (SIGINT) or 143 (SIGTERM) when it was asked to stop.
-    return returncode in (130, 143, -2, -15)
+# honcho's return code when it was asked to stop (SIGINT, SIGTERM), not when a process died.
+STOP_REQUESTED = (129, 130, 143)
