@@ -1,7 +1,7 @@
 """The plant's roles as Django groups, with the permissions each one holds.
 
-Later features add their permissions here; the migration that calls `sync_roles` and the
-`demo_plant` command keep the groups in step.
+Every API endpoint checks one of these permissions; the migration that calls `sync_roles`
+and `seed_demo` keep the groups in step with this table.
 """
 
 from __future__ import annotations
@@ -13,25 +13,99 @@ ML_ENGINEER = "ml_engineer"
 INTEGRATOR = "integrator"
 ADMIN = "admin"
 
-PLANT_MODEL_VIEW = [
-    "mes.view_site",
-    "mes.view_area",
-    "mes.view_line",
-    "mes.view_station",
-]
-PLANT_MODEL_CHANGE = [
-    f"mes.{action}_{model}"
-    for model in ("site", "area", "line", "station")
-    for action in ("add", "change", "delete")
+ROLES = (OPERATOR, SUPERVISOR, QUALITY_ENGINEER, ML_ENGINEER, INTEGRATOR, ADMIN)
+
+READABLE_MODELS = (
+    "site",
+    "area",
+    "line",
+    "station",
+    "stationsignal",
+    "product",
+    "route",
+    "routeoperation",
+    "workorder",
+    "unit",
+    "stationvisit",
+    "firmwareflash",
+    "shiftpattern",
+    "shifttemplate",
+    "shift",
+    "shiftbreak",
+    "downtimereason",
+    "downtimeevent",
+    "scrapreason",
+    "productioncount",
+    "defectcode",
+    "qualityevent",
+)
+VIEW_ALL = [f"mes.view_{model}" for model in READABLE_MODELS]
+
+
+def _crud(*models: str) -> list[str]:
+    return [f"mes.{action}_{model}" for model in models for action in ("add", "change", "delete")]
+
+
+SHOP_FLOOR = [
+    "mes.start_workorder",
+    "mes.complete_workorder",
+    "mes.add_stationvisit",
+    "mes.change_stationvisit",
+    "mes.add_firmwareflash",
+    "mes.add_productioncount",
+    "mes.add_downtimeevent",
+    "mes.change_downtimeevent",
+    "mes.add_qualityevent",
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {
-    OPERATOR: PLANT_MODEL_VIEW,
-    SUPERVISOR: PLANT_MODEL_VIEW,
-    QUALITY_ENGINEER: PLANT_MODEL_VIEW,
-    ML_ENGINEER: PLANT_MODEL_VIEW,
-    INTEGRATOR: PLANT_MODEL_VIEW,
-    ADMIN: PLANT_MODEL_VIEW + PLANT_MODEL_CHANGE,
+    OPERATOR: VIEW_ALL + SHOP_FLOOR,
+    SUPERVISOR: VIEW_ALL
+    + SHOP_FLOOR
+    + [
+        "mes.add_workorder",
+        "mes.release_workorder",
+        "mes.cancel_workorder",
+        "mes.add_unit",
+        *_crud("shiftpattern", "shifttemplate", "shift", "shiftbreak"),
+    ],
+    QUALITY_ENGINEER: [
+        *VIEW_ALL,
+        "mes.add_qualityevent",
+        "mes.change_qualityevent",
+        *_crud("defectcode"),
+    ],
+    ML_ENGINEER: VIEW_ALL,
+    # A machine account: pushes shop-floor facts and work-order lifecycle, reads the MES,
+    # and nothing about people.
+    INTEGRATOR: VIEW_ALL
+    + SHOP_FLOOR
+    + [
+        "mes.add_workorder",
+        "mes.release_workorder",
+        "mes.cancel_workorder",
+        "mes.add_unit",
+        "mes.post_mes_webhook",
+    ],
+    ADMIN: VIEW_ALL
+    + _crud(*READABLE_MODELS)
+    + [
+        "mes.release_workorder",
+        "mes.start_workorder",
+        "mes.complete_workorder",
+        "mes.cancel_workorder",
+        "mes.post_mes_webhook",
+        "mes.view_auditentry",
+        *_crud("webhookintegration"),
+        "mes.view_webhookinboxevent",
+        "mes.view_outboxmessage",
+        "mes.view_apitoken",
+        "mes.delete_apitoken",
+        "auth.view_user",
+        "auth.add_user",
+        "auth.change_user",
+        "auth.view_group",
+    ],
 }
 
 
@@ -40,7 +114,7 @@ def sync_roles(group_model, permission_model) -> None:
     for role, codenames in ROLE_PERMISSIONS.items():
         group, _ = group_model.objects.get_or_create(name=role)
         permissions = []
-        for dotted in codenames:
+        for dotted in sorted(set(codenames)):
             app_label, codename = dotted.split(".")
             permissions.append(
                 permission_model.objects.get(content_type__app_label=app_label, codename=codename)

@@ -1,117 +1,525 @@
-"""Writes of the MES."""
+"""Writes of the MES. Each is one transaction: the change, its audit entry and its outbox
+message commit together. Entry points (API, webhook, admin actions, commands) call these."""
 
 from __future__ import annotations
 
-import json
-import secrets
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
 
-from aegis.embedded.servers import write_private
-from mes import roles
-from mes.models import Area, Line, Site, Station
+from mes.audit import audit_record, snapshot
+from mes.errors import Conflict, InvalidInput, TransitionRefused
+from mes.models import (
+    AuditAction,
+    DefectCode,
+    DowntimeEvent,
+    DowntimeReason,
+    FirmwareFlash,
+    Line,
+    Product,
+    ProductionCount,
+    QualityEvent,
+    ScrapReason,
+    Shift,
+    ShiftBreak,
+    ShiftPattern,
+    Station,
+    StationVisit,
+    Unit,
+    UnitStatus,
+    WorkOrder,
+    WorkOrderStatus,
+    validate_vin,
+)
+from mes.outbox import outbox_enqueue
 
-DEMO_STATIONS = [
-    ("1", "Body marriage", "marriage"),
-    ("2", "Front module install", "assembly"),
-    ("3", "Steering rack install", "assembly"),
-    ("4", "ECU flash", "flash"),
-    ("5", "Wheel nut runner", "torque"),
-    ("6", "End-of-line test", "test"),
-]
-
-DEMO_USERS = [
-    ("admin", roles.ADMIN, "Plant administrator"),
-    ("supervisor", roles.SUPERVISOR, "Line supervisor"),
-    ("operator", roles.OPERATOR, "Station operator"),
-    ("quality", roles.QUALITY_ENGINEER, "Quality engineer"),
-    ("mlengineer", roles.ML_ENGINEER, "ML engineer"),
-    ("integrator", roles.INTEGRATOR, "Legacy MES integration (machine account)"),
-]
-
-
-@dataclass(frozen=True)
-class DemoPlant:
-    site: Site
-    line: Line
-    stations: list[Station]
-    created: int
-
-
-@dataclass(frozen=True)
-class DemoCredential:
-    username: str
-    password: str
-    role: str
-    description: str
+# -- helpers --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DemoUsers:
-    credentials: list[DemoCredential]
-    untouched: list[str]  # existing accounts this command did not create and so left alone
+@contextmanager
+def _constraints_as_conflicts(what: str) -> Iterator[None]:
+    """Database constraints are the last word: a violation becomes a Conflict saying why."""
+    try:
+        with transaction.atomic():
+            yield
+    except IntegrityError as error:
+        constraint = getattr(getattr(error.__cause__, "diag", None), "constraint_name", None)
+        raise Conflict(
+            f"{what}: {CONSTRAINT_MESSAGES.get(constraint, 'refused by the database')}",
+            fields={"constraint": [constraint or "unknown"]},
+        ) from error
+
+
+CONSTRAINT_MESSAGES = {
+    "mes_visit_no_overlap_at_station": "another unit was at this station during that time",
+    "mes_visit_unit_in_one_place": "the unit was at another station during that time",
+    "mes_visit_leaves_after_arriving": "a unit must leave after it arrived",
+    "mes_shift_no_overlap_on_line": "it overlaps another shift on this line",
+    "mes_downtime_no_overlap_at_station": "it overlaps another downtime at this station",
+    "mes_count_no_overlap_at_station": "counts for this station already cover that interval",
+    "mes_count_scrap_has_reason": "scrap needs a scrap reason",
+    "mes_flash_unique_instant": "this component was already flashed at that instant",
+    "mes_workorder_external_id_key": "a work order with this external id exists",
+}
+
+
+def _now(at: dt.datetime | None) -> dt.datetime:
+    if at is None:
+        return timezone.now()
+    if timezone.is_naive(at):
+        raise InvalidInput("timestamps must carry a time zone", fields={"at": ["naive datetime"]})
+    return at
+
+
+def _state_for(unit: Unit) -> dict:
+    work_order = unit.work_order
+    return {
+        "unit": unit.serial,
+        "vin": unit.vin,
+        "work_order": work_order.external_id,
+        "work_order_status": work_order.status,
+        "product": work_order.product.code,
+    }
+
+
+# -- work orders ----------------------------------------------------------------------------
 
 
 @transaction.atomic
-def demo_plant_create() -> DemoPlant:
-    """The demo plant: one site, one final-assembly line with six stations (idempotent)."""
-    created = 0
-    site, new = Site.objects.get_or_create(
-        code="DEMO", defaults={"name": "Demo Assembly Plant", "timezone": "Europe/Berlin"}
+def work_order_create(
+    *,
+    external_id: str,
+    product: Product,
+    line: Line,
+    quantity: int,
+    due_at: dt.datetime | None = None,
+) -> WorkOrder:
+    if quantity < 1:
+        raise InvalidInput("quantity must be at least 1", fields={"quantity": ["must be ≥ 1"]})
+    if not product.routes.filter(line=line).exists():
+        raise InvalidInput(
+            f"product {product.code} has no route on line {line.code}",
+            fields={"line": [f"no route for {product.code}"]},
+        )
+    with _constraints_as_conflicts("work order not created"):
+        work_order = WorkOrder.objects.create(
+            external_id=external_id, product=product, line=line, quantity=quantity, due_at=due_at
+        )
+    audit_record(action=AuditAction.CREATE, instance=work_order)
+    return work_order
+
+
+# status → (statuses it may be reached from, timestamp field it sets)
+WORK_ORDER_TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    WorkOrderStatus.RELEASED: ((WorkOrderStatus.PLANNED,), "released_at"),
+    WorkOrderStatus.IN_PROGRESS: ((WorkOrderStatus.RELEASED,), "started_at"),
+    WorkOrderStatus.COMPLETED: ((WorkOrderStatus.IN_PROGRESS,), "completed_at"),
+    WorkOrderStatus.CANCELLED: (
+        (WorkOrderStatus.PLANNED, WorkOrderStatus.RELEASED, WorkOrderStatus.IN_PROGRESS),
+        "cancelled_at",
+    ),
+}
+
+
+def _work_order_transition(
+    work_order: WorkOrder, target: str, at: dt.datetime | None, **extra
+) -> WorkOrder:
+    allowed_from, stamp = WORK_ORDER_TRANSITIONS[target]
+    at = _now(at)
+    with transaction.atomic():
+        before = snapshot(work_order)
+        # Conditional update: of two concurrent transitions exactly one wins.
+        changed = WorkOrder.objects.filter(pk=work_order.pk, status__in=allowed_from).update(
+            status=target, updated_at=timezone.now(), **{stamp: at}, **extra
+        )
+        work_order.refresh_from_db()
+        if not changed:
+            raise TransitionRefused(
+                f"work order {work_order.external_id} is {work_order.status}; "
+                f"it can become {target} only from {' or '.join(allowed_from)}",
+                fields={"status": [work_order.status]},
+            )
+        audit_record(action=AuditAction.UPDATE, instance=work_order, before=before)
+        for station in work_order.line.stations.all():
+            outbox_enqueue(
+                station=station,
+                kind="work_order.status",
+                payload={
+                    "work_order": work_order.external_id,
+                    "product": work_order.product.code,
+                    "status": target,
+                    "at": at.isoformat(),
+                },
+            )
+    return work_order
+
+
+def work_order_release(*, work_order: WorkOrder, at: dt.datetime | None = None) -> WorkOrder:
+    return _work_order_transition(work_order, WorkOrderStatus.RELEASED, at)
+
+
+def work_order_start(*, work_order: WorkOrder, at: dt.datetime | None = None) -> WorkOrder:
+    return _work_order_transition(work_order, WorkOrderStatus.IN_PROGRESS, at)
+
+
+def work_order_complete(*, work_order: WorkOrder, at: dt.datetime | None = None) -> WorkOrder:
+    return _work_order_transition(work_order, WorkOrderStatus.COMPLETED, at)
+
+
+def work_order_cancel(
+    *, work_order: WorkOrder, reason: str, at: dt.datetime | None = None
+) -> WorkOrder:
+    if not reason.strip():
+        raise InvalidInput("say why the work order is cancelled", fields={"reason": ["required"]})
+    return _work_order_transition(
+        work_order, WorkOrderStatus.CANCELLED, at, cancel_reason=reason.strip()[:200]
     )
-    created += new
-    area, new = Area.objects.get_or_create(
-        site=site, code="FA", defaults={"name": "Final assembly"}
+
+
+# -- units and where they are -----------------------------------------------------------------
+
+
+@transaction.atomic
+def unit_create(*, work_order: WorkOrder, serial: str, vin: str | None = None) -> Unit:
+    if vin:
+        try:
+            validate_vin(vin)
+        except ValidationError as error:
+            raise InvalidInput(error.messages[0], fields={"vin": error.messages}) from None
+    if work_order.status in (WorkOrderStatus.COMPLETED, WorkOrderStatus.CANCELLED):
+        raise TransitionRefused(
+            f"work order {work_order.external_id} is {work_order.status}: no new units",
+            fields={"work_order": [work_order.status]},
+        )
+    with _constraints_as_conflicts("unit not created"):
+        unit = Unit.objects.create(work_order=work_order, serial=serial, vin=vin or None)
+    audit_record(action=AuditAction.CREATE, instance=unit)
+    return unit
+
+
+def _close_visit(visit: StationVisit, at: dt.datetime) -> StationVisit:
+    before = snapshot(visit)
+    visit.left_at = at
+    with _constraints_as_conflicts(f"{visit.unit} cannot leave {visit.station.code} then"):
+        visit.save(update_fields=["left_at"])
+    audit_record(action=AuditAction.UPDATE, instance=visit, before=before)
+    outbox_enqueue(
+        station=visit.station,
+        kind="visit.ended",
+        payload={**_state_for(visit.unit), "visit": visit.pk, "at": at.isoformat()},
     )
-    created += new
-    line, new = Line.objects.get_or_create(area=area, code="L1", defaults={"name": "Line 1"})
-    created += new
-    stations = []
-    for position, (code, name, station_type) in enumerate(DEMO_STATIONS, start=1):
-        station, new = Station.objects.get_or_create(
-            code=code,
-            defaults={
-                "line": line,
-                "name": name,
-                "position": position,
-                "station_type": station_type,
+    return visit
+
+
+@transaction.atomic
+def unit_arrive(*, unit: Unit, station: Station, at: dt.datetime | None = None) -> StationVisit:
+    """The unit is at the station from `at`. Whatever it and the station were doing before
+    ends then: the unit's open visit elsewhere, and another unit's open visit here."""
+    at = _now(at)
+    if unit.status in (UnitStatus.COMPLETED, UnitStatus.SCRAPPED):
+        raise TransitionRefused(f"unit {unit} is {unit.status}", fields={"unit": [unit.status]})
+    open_visits = StationVisit.objects.select_for_update().filter(
+        Q(unit=unit) | Q(station=station), left_at__isnull=True, arrived_at__lt=at
+    )
+    for visit in open_visits.select_related("unit__work_order__product", "station"):
+        if visit.unit_id == unit.pk and visit.station_id == station.pk:
+            return visit  # already here: a repeated arrival changes nothing
+        _close_visit(visit, at)
+    with _constraints_as_conflicts(f"{unit} cannot arrive at {station.code} then"):
+        visit = StationVisit.objects.create(unit=unit, station=station, arrived_at=at)
+    audit_record(action=AuditAction.CREATE, instance=visit)
+    if unit.status == UnitStatus.PLANNED:
+        Unit.objects.filter(pk=unit.pk).update(status=UnitStatus.IN_PROGRESS)
+        unit.status = UnitStatus.IN_PROGRESS
+    outbox_enqueue(
+        station=station,
+        kind="visit.started",
+        payload={**_state_for(unit), "visit": visit.pk, "at": at.isoformat()},
+    )
+    return visit
+
+
+@transaction.atomic
+def unit_leave(*, unit: Unit, station: Station, at: dt.datetime | None = None) -> StationVisit:
+    at = _now(at)
+    visit = (
+        StationVisit.objects.select_for_update()
+        .select_related("unit__work_order__product", "station")
+        .filter(unit=unit, station=station, left_at__isnull=True)
+        .first()
+    )
+    if visit is None:
+        raise TransitionRefused(
+            f"unit {unit} is not at station {station.code}", fields={"station": ["no open visit"]}
+        )
+    return _close_visit(visit, at)
+
+
+@transaction.atomic
+def firmware_flash(
+    *,
+    unit: Unit,
+    component: str,
+    version: str,
+    at: dt.datetime | None = None,
+    station: Station | None = None,
+) -> FirmwareFlash:
+    at = _now(at)
+    if not component.strip() or not version.strip():
+        raise InvalidInput(
+            "component and version are required",
+            fields={
+                k: ["required"]
+                for k, v in (("component", component), ("version", version))
+                if not v.strip()
             },
         )
-        created += new
-        stations.append(station)
-    return DemoPlant(site=site, line=line, stations=stations, created=created)
+    with _constraints_as_conflicts("firmware flash not recorded"):
+        flash = FirmwareFlash.objects.create(
+            unit=unit,
+            station=station,
+            component=component.strip(),
+            version=version.strip(),
+            flashed_at=at,
+        )
+    audit_record(action=AuditAction.CREATE, instance=flash)
+    where = station or _station_of(unit, at)
+    if where is not None:
+        outbox_enqueue(
+            station=where,
+            kind="firmware.flashed",
+            payload={
+                **_state_for(unit),
+                "component": flash.component,
+                "version": flash.version,
+                "at": at.isoformat(),
+            },
+        )
+    return flash
 
 
-def demo_users_create(*, credentials_file: Path) -> DemoUsers:
-    """One demo user per role with a password generated once (idempotent).
+def _station_of(unit: Unit, at: dt.datetime) -> Station | None:
+    visit = (
+        StationVisit.objects.filter(unit=unit, arrived_at__lte=at)
+        .filter(Q(left_at__isnull=True) | Q(left_at__gt=at))
+        .select_related("station")
+        .first()
+    )
+    return visit.station if visit else None
 
-    Only accounts this command created (listed in `credentials_file`) are ever changed: on a
-    database that already has an `admin`, that account keeps its password and rights.
+
+# -- counts, downtime, quality ----------------------------------------------------------------
+
+
+@transaction.atomic
+def counts_report(
+    *,
+    station: Station,
+    interval_start: dt.datetime,
+    interval_end: dt.datetime,
+    good: int,
+    scrap: int = 0,
+    scrap_reason: ScrapReason | None = None,
+    work_order: WorkOrder | None = None,
+) -> ProductionCount:
+    errors = {}
+    if interval_end <= interval_start:
+        errors["interval_end"] = ["must be after interval_start"]
+    if good < 0:
+        errors["good"] = ["must be ≥ 0"]
+    if scrap < 0:
+        errors["scrap"] = ["must be ≥ 0"]
+    if scrap and scrap_reason is None:
+        errors["scrap_reason"] = ["required when scrap > 0"]
+    if errors:
+        raise InvalidInput("counts refused", fields=errors)
+    with _constraints_as_conflicts("counts not recorded"):
+        count = ProductionCount.objects.create(
+            station=station,
+            work_order=work_order,
+            interval_start=_now(interval_start),
+            interval_end=_now(interval_end),
+            good=good,
+            scrap=scrap,
+            scrap_reason=scrap_reason,
+        )
+    audit_record(action=AuditAction.CREATE, instance=count)
+    return count
+
+
+@transaction.atomic
+def downtime_open(
+    *,
+    station: Station,
+    at: dt.datetime | None = None,
+    reason: DowntimeReason | None = None,
+    planned: bool | None = None,
+    comment: str = "",
+    user=None,
+) -> DowntimeEvent:
+    at = _now(at)
+    if planned is None:
+        planned = bool(reason and reason.planned)
+    with _constraints_as_conflicts(f"downtime at {station.code} not opened"):
+        downtime = DowntimeEvent.objects.create(
+            station=station,
+            started_at=at,
+            reason=reason,
+            planned=planned,
+            comment=comment,
+            reported_by=user if getattr(user, "is_authenticated", False) else None,
+        )
+    audit_record(action=AuditAction.CREATE, instance=downtime)
+    outbox_enqueue(
+        station=station,
+        kind="downtime.started",
+        payload={
+            "downtime": downtime.pk,
+            "reason": reason.code if reason else None,
+            "planned": planned,
+            "at": at.isoformat(),
+        },
+    )
+    return downtime
+
+
+@transaction.atomic
+def downtime_close(
+    *,
+    downtime: DowntimeEvent,
+    at: dt.datetime | None = None,
+    reason: DowntimeReason | None = None,
+) -> DowntimeEvent:
+    at = _now(at)
+    downtime = DowntimeEvent.objects.select_for_update().get(pk=downtime.pk)
+    if downtime.ended_at is not None:
+        raise TransitionRefused(
+            f"downtime {downtime.pk} already ended at {downtime.ended_at.isoformat()}",
+            fields={"ended_at": ["already set"]},
+        )
+    reason = reason or downtime.reason
+    if reason is None:
+        raise InvalidInput(
+            "a downtime is closed with a reason", fields={"reason": ["required to close"]}
+        )
+    before = snapshot(downtime)
+    downtime.ended_at = at
+    downtime.reason = reason
+    if before["reason"] is None:
+        downtime.planned = reason.planned
+    with _constraints_as_conflicts(f"downtime {downtime.pk} not closed"):
+        downtime.save(update_fields=["ended_at", "reason", "planned", "updated_at"])
+    audit_record(action=AuditAction.UPDATE, instance=downtime, before=before)
+    outbox_enqueue(
+        station=downtime.station,
+        kind="downtime.ended",
+        payload={"downtime": downtime.pk, "reason": reason.code, "at": at.isoformat()},
+    )
+    return downtime
+
+
+@transaction.atomic
+def quality_event_record(
+    *,
+    unit: Unit,
+    defect: DefectCode,
+    found_at: dt.datetime | None = None,
+    severity: str,
+    source: str,
+    station: Station | None = None,
+    user=None,
+    description: str = "",
+) -> QualityEvent:
+    event = QualityEvent.objects.create(
+        unit=unit,
+        defect=defect,
+        station=station,
+        found_at=_now(found_at),
+        severity=severity,
+        source=source,
+        detected_by=user if getattr(user, "is_authenticated", False) else None,
+        description=description,
+    )
+    audit_record(action=AuditAction.CREATE, instance=event)
+    return event
+
+
+# -- shifts ---------------------------------------------------------------------------------
+
+
+def _local(date: dt.date, time: dt.time, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    """A local wall-clock time as an absolute instant. In the hour the clocks skip, the time
+    does not exist and moves forward; in the hour they repeat, the first one counts."""
+    naive = dt.datetime.combine(date, time)
+    instant = naive.replace(tzinfo=zone, fold=0)
+    round_trip = instant.astimezone(dt.UTC).astimezone(zone)
+    if round_trip.replace(tzinfo=None) != naive:  # a skipped wall-clock time
+        instant = naive.replace(tzinfo=zone, fold=1)
+    return instant.astimezone(dt.UTC)
+
+
+@transaction.atomic
+def shifts_generate(*, pattern: ShiftPattern, first_day: dt.date, last_day: dt.date) -> list[Shift]:
+    """The pattern's shifts for each local day in [first_day, last_day], idempotently.
+
+    Start and end are local wall-clock times converted per day, so a night shift across the
+    spring DST change lasts 7 hours and across the autumn change 9 hours, as it does on the
+    floor. Breaks become ShiftBreak rows (planned stops).
     """
-    stored = {}
-    if credentials_file.exists():
-        stored = {entry["username"]: entry for entry in json.loads(credentials_file.read_text())}
-    User = get_user_model()
-    credentials, untouched = [], []
-    with transaction.atomic():
-        for username, role, description in DEMO_USERS:
-            if username not in stored and User.objects.filter(username=username).exists():
-                untouched.append(username)
+    if last_day < first_day:
+        raise InvalidInput("last_day is before first_day", fields={"last_day": ["too early"]})
+    zone = zoneinfo.ZoneInfo(pattern.line.area.site.timezone)
+    created = []
+    day = first_day
+    while day <= last_day:
+        for template in pattern.templates.all():
+            if str(day.isoweekday()) not in template.weekdays:
                 continue
-            password = stored[username]["password"] if username in stored else None
-            password = password or secrets.token_urlsafe(12)
-            user, _ = User.objects.get_or_create(username=username)
-            user.first_name = description
-            user.is_staff = user.is_superuser = role == roles.ADMIN
-            if not user.check_password(password):
-                user.set_password(password)
-            user.save()
-            user.groups.set([Group.objects.get(name=role)])
-            credentials.append(DemoCredential(username, password, role, description))
-    credentials_file.parent.mkdir(parents=True, exist_ok=True)
-    write_private(credentials_file, json.dumps([asdict(c) for c in credentials], indent=2))
-    return DemoUsers(credentials=credentials, untouched=untouched)
+            end_day = day + dt.timedelta(days=1) if template.ends <= template.starts else day
+            starts_at = _local(day, template.starts, zone)
+            ends_at = _local(end_day, template.ends, zone)
+            if Shift.objects.filter(
+                line=pattern.line, template=template, business_date=day
+            ).exists():
+                continue
+            with _constraints_as_conflicts(f"shift {template.name} on {day} not created"):
+                shift = Shift.objects.create(
+                    line=pattern.line,
+                    template=template,
+                    name=template.name,
+                    business_date=day,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                )
+            for planned_stop in template.breaks:
+                start_time = dt.time.fromisoformat(planned_stop["starts"])
+                break_day = day if start_time >= template.starts else end_day
+                break_start = _local(break_day, start_time, zone)
+                ShiftBreak.objects.create(
+                    shift=shift,
+                    name=planned_stop.get("name", "Break"),
+                    starts_at=break_start,
+                    ends_at=break_start + dt.timedelta(minutes=int(planned_stop["minutes"])),
+                )
+            audit_record(action=AuditAction.CREATE, instance=shift)
+            for station in pattern.line.stations.all():
+                outbox_enqueue(
+                    station=station,
+                    kind="shift.scheduled",
+                    payload={
+                        "shift": shift.pk,
+                        "name": shift.name,
+                        "business_date": day.isoformat(),
+                        "starts_at": starts_at.isoformat(),
+                        "ends_at": ends_at.isoformat(),
+                    },
+                )
+            created.append(shift)
+        day += dt.timedelta(days=1)
+    return created

@@ -1,10 +1,25 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 import factory
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
-from mes.models import Area, Line, Site, Station
+from mes.models import (
+    Area,
+    DefectCode,
+    DowntimeReason,
+    Line,
+    Product,
+    Route,
+    RouteOperation,
+    Site,
+    Station,
+    StationType,
+    Unit,
+    WorkOrder,
+)
 
 PASSWORD = "correct horse battery staple"
 
@@ -58,3 +73,68 @@ class StationFactory(factory.django.DjangoModelFactory):
     code = factory.Sequence(lambda n: f"ST{n}")
     name = factory.Sequence(lambda n: f"Station {n}")
     position = factory.Sequence(lambda n: n + 1)
+    station_type = StationType.TIGHTENING
+
+
+class ProductFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Product
+
+    code = factory.Sequence(lambda n: f"P{n}")
+    name = factory.Sequence(lambda n: f"Product {n}")
+
+
+class RouteFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Route
+
+    product = factory.SubFactory(ProductFactory)
+    line = factory.SubFactory(LineFactory)
+    ideal_cycle_time_s = Decimal("60")
+
+
+class RouteOperationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = RouteOperation
+
+    route = factory.SubFactory(RouteFactory)
+    sequence = factory.Sequence(lambda n: n + 1)
+    station = factory.SubFactory(StationFactory, line=factory.SelfAttribute("..route.line"))
+    name = "Operation"
+    ideal_cycle_time_s = Decimal("55")
+
+
+class WorkOrderFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = WorkOrder
+
+    external_id = factory.Sequence(lambda n: f"WO-{n:05d}")
+    product = factory.SubFactory(ProductFactory)
+    line = factory.SubFactory(LineFactory)
+    quantity = 10
+
+
+class UnitFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Unit
+
+    serial = factory.Sequence(lambda n: f"SN{n:06d}")
+    work_order = factory.SubFactory(WorkOrderFactory)
+
+
+class DefectCodeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = DefectCode
+        django_get_or_create = ["code"]
+
+    code = "steering"
+    name = "Steering pull"
+
+
+class DowntimeReasonFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = DowntimeReason
+        django_get_or_create = ["code"]
+
+    code = "MECH.CONVEYOR"
+    name = "Conveyor jam"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from mes.services import demo_plant_create
+from mes.demo import seed_demo_plant
 from tests.factories import PASSWORD, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -19,13 +19,15 @@ def test_visitors_get_the_sign_in_form(client):
 
 
 def test_signed_in_users_see_the_plant_in_line_order(client, django_assert_max_num_queries):
-    demo_plant_create()
+    seed_demo_plant()
     client.force_login(UserFactory(role="operator"))
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(10):
         response = client.get("/")
     assert response.status_code == 200
     page = response.content.decode()
-    positions = [page.index(name) for name in ("Body marriage", "ECU flash", "End-of-line test")]
+    positions = [
+        page.index(name) for name in ("Steering rack torque", "ECU flash", "Coolant leak test")
+    ]
     assert positions == sorted(positions)
     assert "/ws/events/" not in page  # the socket URL is built by the script, not inlined
 

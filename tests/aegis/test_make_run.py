@@ -116,7 +116,7 @@ def test_make_run_serves_stops_cleanly_and_keeps_its_data(data_dir):
     launcher = _start(data_dir, port, log)
     _wait_ready(base_url, launcher, log)
     assert (data_dir / "demo-credentials.json").read_text() == credentials
-    assert "(0 objects created)" in log.read_text()
+    assert "demo plant ready (nothing new created)" in log.read_text()
 
     launcher.send_signal(signal.SIGTERM)  # a service manager stopping the launcher alone
     assert launcher.wait(60) == 0, log.read_text()[-3000:]

@@ -94,7 +94,7 @@ class Command(BaseCommand):
 
         if demo:
             started = self.step("creating the demo plant and demo users")
-            call_command("demo_plant", stdout=self.stdout)
+            call_command("seed_demo", stdout=self.stdout)
             self.done(started)
 
         environment = self._process_environment(bind, port)

@@ -21,7 +21,7 @@ def drop_roles(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("mes", "0001_initial"),
+        ("mes", "0002_audit_append_only"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
     ]
