@@ -66,6 +66,8 @@ CONSTRAINT_MESSAGES = {
     "mes_count_scrap_has_reason": "scrap needs a scrap reason",
     "mes_flash_unique_instant": "this component was already flashed at that instant",
     "mes_workorder_external_id_key": "a work order with this external id exists",
+    "mes_unit_serial_key": "a unit with this serial exists",
+    "mes_unit_vin_key": "a unit with this VIN exists",
 }
 
 

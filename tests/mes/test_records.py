@@ -136,3 +136,12 @@ def test_firmware_flashes_are_unique_per_component_and_instant():
         services.firmware_flash(unit=unit, component="EPS", version="v2.1.5", at=T0)
     with transaction.atomic(), pytest.raises(IntegrityError):
         unit.firmware_flashes.create(component="EPS", version="x", flashed_at=T0)
+
+
+def test_duplicate_serials_and_vins_are_conflicts():
+    work_order = WorkOrderFactory()
+    services.unit_create(work_order=work_order, serial="S-1", vin=demo_vin("1HG", 1))
+    with pytest.raises(Conflict, match="serial exists"):
+        services.unit_create(work_order=work_order, serial="S-1")
+    with pytest.raises(Conflict, match="VIN exists"):
+        services.unit_create(work_order=work_order, serial="S-2", vin=demo_vin("1HG", 1))
