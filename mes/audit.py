@@ -17,6 +17,7 @@ import structlog
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.forms.models import model_to_dict
+from django.utils.crypto import salted_hmac
 
 from mes.models import AuditAction, AuditEntry
 
@@ -48,9 +49,24 @@ def audit_context(*, user, source: str) -> Iterator[None]:
         _current.reset(token)
 
 
+# Secrets never enter the append-only trail: a keyed fingerprint shows that a value changed
+# without revealing it (an HMAC under SECRET_KEY cannot be brute-forced from the trail alone).
+SECRET_FIELDS = frozenset({"digest", "secret", "previous_secret", "password"})
+REDACTED_PREFIX = "redacted:"
+
+
+def fingerprint(value: object) -> str:
+    if not value:
+        return ""
+    digest = salted_hmac("mes.admin.audit-redaction", str(value)).hexdigest()
+    return f"{REDACTED_PREFIX}{digest[:12]}"
+
+
 def snapshot(instance: models.Model) -> dict:
-    """The instance's field values as JSON-safe data."""
+    """The instance's field values as JSON-safe data, secrets fingerprinted."""
     data = model_to_dict(instance, fields=[field.name for field in instance._meta.concrete_fields])
+    for field in SECRET_FIELDS & data.keys():
+        data[field] = fingerprint(data[field])
     return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
 
 

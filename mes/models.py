@@ -789,10 +789,11 @@ class AuditEntry(models.Model):
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
-        on_delete=models.SET_NULL,
+        # The trail outlives the account and its rows are never rewritten (append-only).
+        on_delete=models.DO_NOTHING,
         null=True,
         blank=True,
-        db_constraint=False,  # the trail outlives the account
+        db_constraint=False,
         related_name="+",
     )
     actor_name = models.CharField(max_length=150)

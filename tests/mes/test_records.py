@@ -145,3 +145,26 @@ def test_duplicate_serials_and_vins_are_conflicts():
         services.unit_create(work_order=work_order, serial="S-1")
     with pytest.raises(Conflict, match="VIN exists"):
         services.unit_create(work_order=work_order, serial="S-2", vin=demo_vin("1HG", 1))
+
+
+def test_an_account_can_be_deleted_and_its_audit_entries_stay():
+    user = UserFactory(role="operator")
+    with audit_context(user=user, source="api"):
+        services.downtime_open(station=StationFactory(), at=T0)
+    user.delete()
+    entry = AuditEntry.objects.get()
+    assert entry.actor_name == user.username
+    assert entry.actor_id == user.pk  # kept as a plain id: rows are never rewritten
+
+
+def test_secrets_are_fingerprinted_in_audit_snapshots():
+    from mes.audit import snapshot
+    from mes.models import WebhookIntegration
+
+    integration = WebhookIntegration(
+        name="legacy", user=UserFactory(), secret="s3cret-value", previous_secret=""
+    )
+    data = snapshot(integration)
+    assert data["secret"].startswith("redacted:")
+    assert "s3cret-value" not in str(data)
+    assert data["previous_secret"] == ""

@@ -11,27 +11,16 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.db.models import Count, Max
-from django.utils.crypto import salted_hmac
 
 from mes.audit import audit_context, audit_record, snapshot
 from mes.models import AuditAction, WebhookIntegration, code_validator
 from mes.webhooks.signing import new_secret
 from mes.webhooks.views import PERMISSION
 
-# mes.admin fingerprints secrets in audit entries with this salt: one format in the trail.
-REDACTION_SALT = "mes.admin.audit-redaction"
-
 
 def _described(integration: WebhookIntegration) -> dict:
-    """The audit trail's view of an integration: secrets replaced by a keyed fingerprint (the
-    same form the admin records), so a rotation shows as a change without revealing a secret."""
-    data = snapshot(integration)
-    for field in ("secret", "previous_secret"):
-        value = data.get(field)
-        data[field] = (
-            "redacted:" + salted_hmac(REDACTION_SALT, str(value)).hexdigest()[:12] if value else ""
-        )
-    return data
+    """The audit trail's view of an integration (snapshot fingerprints its secrets)."""
+    return snapshot(integration)
 
 
 def _locked(name: str) -> WebhookIntegration:
