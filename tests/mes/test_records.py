@@ -151,10 +151,11 @@ def test_an_account_can_be_deleted_and_its_audit_entries_stay():
     user = UserFactory(role="operator")
     with audit_context(user=user, source="api"):
         services.downtime_open(station=StationFactory(), at=T0)
+    user_id = user.pk
     user.delete()
     entry = AuditEntry.objects.get()
     assert entry.actor_name == user.username
-    assert entry.actor_id == user.pk  # kept as a plain id: rows are never rewritten
+    assert entry.actor_id == user_id  # kept as a plain id: rows are never rewritten
 
 
 def test_secrets_are_fingerprinted_in_audit_snapshots():
