@@ -18,6 +18,12 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 
 DAY_S = 24 * 3600
 
+# Names other modules rely on: the relay publishes MES state changes into MES_STATE and keeps
+# each station's current state (key: station code) in the MES_STATION_STATE bucket.
+MES_STATE_STREAM = "MES_STATE"
+MES_STATE_SUBJECT_PREFIX = "aegis.mes.state"
+MES_STATION_STATE_BUCKET = "mes_station_state"
+
 
 @dataclass(frozen=True)
 class StreamSpec:
@@ -82,8 +88,8 @@ def streams() -> list[StreamSpec]:
             "PLC samples per station (aegis.telemetry.raw.<station>)",
         ),
         StreamSpec(
-            "MES_STATE",
-            ["aegis.mes.state.>"],
+            MES_STATE_STREAM,
+            [f"{MES_STATE_SUBJECT_PREFIX}.>"],
             30.0 * DAY_S,
             "MES state changes per station, published from the outbox after commit",
         ),
@@ -128,6 +134,12 @@ def consumers() -> list[ConsumerSpec]:
 def buckets() -> list[BucketSpec]:
     return [
         BucketSpec("foresight_models", "Production model per scope; scorers watch it to hot-swap"),
+        BucketSpec(
+            MES_STATION_STATE_BUCKET,
+            "Current MES state per station (key: station code), written by the outbox relay",
+            # The history of a station is the MES_STATE stream; a few revisions help debugging.
+            history=5,
+        ),
     ]
 
 

@@ -305,7 +305,7 @@ def test_app_services_are_the_procfile_processes_plus_migrate_and_the_pipeline(a
     }
 
     assert procfile_processes <= app_services.keys()
-    assert {"migrate", "web", "worker", "beat", "ingest", "scorer"} <= app_services.keys()
+    assert {"migrate", "web", "worker", "beat", "relay", "ingest", "scorer"} <= app_services.keys()
 
 
 def test_app_services_share_one_image_and_production_settings(app_services):
@@ -381,7 +381,7 @@ def _seconds(duration: str) -> float:
 
 def test_workers_get_time_to_finish_on_stop(services):
     # Docker's default is 10 s before SIGKILL; Celery's warm shutdown and a batch commit need more.
-    for name in ("worker", "ingest"):
+    for name in ("worker", "ingest", "relay"):
         grace = services[name].get("stop_grace_period", "10s")
         assert _seconds(grace) >= 30, f"{name} stop_grace_period {grace} is too short to drain"
 

@@ -59,6 +59,7 @@ def test_nats_setup_creates_then_leaves_the_topology_unchanged():
         "consumer TELEMETRY/ingest",
         "consumer TELEMETRY/foresight-scorer",
         "kv foresight_models",
+        "kv mes_station_state",
     } <= names
 
     telemetry, ingest = asyncio.run(_inspect())
