@@ -68,6 +68,9 @@ CONSTRAINT_MESSAGES = {
     "mes_workorder_external_id_key": "a work order with this external id exists",
     "mes_unit_serial_key": "a unit with this serial exists",
     "mes_unit_vin_key": "a unit with this VIN exists",
+    "mes_wo_started_after_release": "a work order cannot start before it was released",
+    "mes_wo_completed_after_start": "a work order cannot complete before it started",
+    "mes_downtime_ends_after_start": "a downtime must end after it started",
 }
 
 
@@ -137,9 +140,10 @@ def _work_order_transition(
     with transaction.atomic():
         before = snapshot(work_order)
         # Conditional update: of two concurrent transitions exactly one wins.
-        changed = WorkOrder.objects.filter(pk=work_order.pk, status__in=allowed_from).update(
-            status=target, updated_at=timezone.now(), **{stamp: at}, **extra
-        )
+        with _constraints_as_conflicts(f"work order {work_order.external_id} not {target}"):
+            changed = WorkOrder.objects.filter(pk=work_order.pk, status__in=allowed_from).update(
+                status=target, updated_at=timezone.now(), **{stamp: at}, **extra
+            )
         work_order.refresh_from_db()
         if not changed:
             raise TransitionRefused(

@@ -29,6 +29,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_structlog",
     "aegis",
@@ -143,14 +146,73 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 
 REST_FRAMEWORK = {
+    # Machines send `Authorization: Bearer <token>` (POST /api/v1/auth/token); browsers use
+    # their session, with CSRF enforced by DRF. The first class answers 401 with its challenge.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "mes.api.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "mes.api.pagination.LimitOffsetPages",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "mes.api.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "mes.api.throttling.UserThrottle",
+        "mes.api.throttling.AnonymousThrottle",
+    ],
+    # Requests per period ("600/min", "20/s", "50000/day"), counted in Redis so every web
+    # process shares them; checked when the API loads (mes/api/throttling.py).
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env.string("AEGIS_API_THROTTLE_USER", "1200/min"),
+        "anon": env.string("AEGIS_API_THROTTLE_ANON", "60/min"),
+        "token": env.string("AEGIS_API_THROTTLE_TOKEN", "10/min"),
+    },
+    # Proxies in front of Aegis that append to X-Forwarded-For. 0 trusts only the socket's
+    # address, so a client cannot pick its own identity to escape the throttles.
+    "NUM_PROXIES": env.integer("AEGIS_API_NUM_PROXIES", 0, minimum=0, maximum=10),
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+
+# The committed schema (docs/openapi.yaml) is diffed by the tests, so nothing here may depend
+# on the environment.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Aegis MES API",
+    "DESCRIPTION": (
+        "The MES of Aegis: plant, products and routes, work orders, units and VINs, station "
+        "visits, firmware, shifts, downtime, counts and quality events. Reads are lists and "
+        "details with filters; writes are operations. Authenticate with "
+        "`Authorization: Bearer <token>` (POST /api/v1/auth/token) or a browser session. "
+        "See docs/api.md."
+    ),
+    "VERSION": "1.0.0",
+    "SERVERS": [{"url": "/", "description": "the Aegis server that serves this schema"}],
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "ENUM_NAME_OVERRIDES": {
+        "WorkOrderStatusEnum": "mes.models.WorkOrderStatus",
+        "UnitStatusEnum": "mes.models.UnitStatus",
+        "StationTypeEnum": "mes.models.StationType",
+        "SeverityEnum": "mes.models.Severity",
+        "DetectionSourceEnum": "mes.models.DetectionSource",
+        "AuditActionEnum": "mes.models.AuditAction",
+    },
+    # Swagger UI and Redoc from the drf-spectacular-sidecar package: no CDN on a plant network.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # /readyz reuses a result this long, so probes and open browser tabs cannot hammer the servers.
 READINESS_CACHE_SECONDS = env.integer("AEGIS_READINESS_CACHE_SECONDS", 2, minimum=0)
+
+# Legacy-MES webhook (mes/webhooks): body limit and allowed clock difference.
+WEBHOOK_MAX_BODY_BYTES = env.integer("AEGIS_WEBHOOK_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
+WEBHOOK_TOLERANCE_SECONDS = env.integer("AEGIS_WEBHOOK_TOLERANCE_SECONDS", 300, minimum=30)
 
 # Bearer token required by /metrics when set (scrapers send `Authorization: Bearer …`).
 METRICS_TOKEN = env.raw("AEGIS_METRICS_TOKEN")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import importlib
 import secrets
 import shutil
 import signal
@@ -723,19 +724,8 @@ def test_changes_made_while_nats_is_down_are_published_once_in_order_after_it_re
 
 # -- latency and throughput (measured; the numbers go to docs/mes-state.md) ------------------------
 
-NOTIFY_TRIGGER_SQL = """
-CREATE OR REPLACE FUNCTION mes_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('aegis_outbox', '');
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER mes_outbox_notify AFTER INSERT ON mes_outboxmessage
-    FOR EACH STATEMENT EXECUTE FUNCTION mes_outbox_notify();
-"""
-DROP_NOTIFY_TRIGGER_SQL = """
-DROP TRIGGER IF EXISTS mes_outbox_notify ON mes_outboxmessage;
-DROP FUNCTION IF EXISTS mes_outbox_notify();
-"""
+# The trigger the migration installs; the test takes it away to measure polling alone.
+_NOTIFY_MIGRATION = importlib.import_module("mes.migrations.0005_outbox_notify")
 
 
 class ArrivalClock:
@@ -801,16 +791,16 @@ def summary(latencies: list[float]) -> str:
 @pytest.mark.slow
 @SHARED_DB
 def test_commit_to_publish_latency_is_the_poll_interval_or_less_and_a_notify_cuts_it(plant):
-    with RunningRelay(poll_interval_s=0.2):
-        polled = commit_to_publish_latencies(plant, 40)
     with psycopg.connect(**database_parameters(), autocommit=True) as admin:
-        admin.execute(NOTIFY_TRIGGER_SQL)
+        admin.execute(_NOTIFY_MIGRATION.DROP)
         try:
-            # A poll interval no test could wait out: only the NOTIFY can wake the relay.
-            with RunningRelay(poll_interval_s=30.0):
-                notified = commit_to_publish_latencies(plant, 40)
+            with RunningRelay(poll_interval_s=0.2):
+                polled = commit_to_publish_latencies(plant, 40)
         finally:
-            admin.execute(DROP_NOTIFY_TRIGGER_SQL)
+            admin.execute(_NOTIFY_MIGRATION.NOTIFY)
+    # A poll interval no test could wait out: only the migration's NOTIFY can wake the relay.
+    with RunningRelay(poll_interval_s=30.0):
+        notified = commit_to_publish_latencies(plant, 40)
 
     print(f"\ncommit→stream, 200 ms poll: {summary(polled)}")
     print(f"commit→stream, LISTEN/NOTIFY: {summary(notified)}")

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from mes.api.authentication import api_token_issue
+from tests.factories import UserFactory
+
+
+@pytest.fixture(autouse=True)
+def generous_throttles(settings):
+    """Throttle counts live in Redis across tests; only the throttle tests set real limits."""
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            "user": "100000/min",
+            "anon": "100000/min",
+            "token": "100000/min",
+        },
+    }
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def api_as():
+    """An API client sending a real bearer token of a new user with `role` (None: no role)."""
+
+    def client_for(role: str | None, **user_fields) -> APIClient:
+        user = UserFactory(role=role, **user_fields)
+        _, secret = api_token_issue(user=user, name=f"test {role}")
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        client.user = user
+        return client
+
+    return client_for
