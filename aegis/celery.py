@@ -19,6 +19,16 @@ app.conf.beat_schedule = {
         "schedule": 30.0,
         "options": {"expires": 25.0},
     },
+    "telemetry-rollups": {
+        "task": "telemetry.rollups_refresh",
+        "schedule": 60.0,
+        "options": {"expires": 55.0},
+    },
+    "telemetry-retention": {
+        "task": "telemetry.retention_enforce",
+        "schedule": 15 * 60.0,
+        "options": {"expires": 14 * 60.0},
+    },
 }
 
 

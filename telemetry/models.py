@@ -43,3 +43,37 @@ class Sample(models.Model):
 
     def __str__(self) -> str:
         return f"station {self.station_id} @ {self.ts.isoformat()} #{self.seq}"
+
+
+class SignalRollup(models.Model):
+    """One minute of one signal at one station: what dashboards and SPC charts read."""
+
+    pk = models.CompositePrimaryKey("station_id", "signal", "bucket")
+    station_id = models.IntegerField()
+    signal = models.CharField(max_length=64)
+    bucket = models.DateTimeField(help_text="Start of the minute (UTC).")
+    samples = models.IntegerField()
+    mean = models.FloatField()
+    minimum = models.FloatField()
+    maximum = models.FloatField()
+    stddev = models.FloatField(null=True, help_text="Sample standard deviation; NULL for n=1.")
+
+    class Meta:
+        db_table = "telemetry_rollup_1m"
+        indexes = [models.Index(fields=["bucket"], name="telemetry_rollup_bucket")]
+
+    def __str__(self) -> str:
+        return f"station {self.station_id} {self.signal} {self.bucket:%Y-%m-%d %H:%M}"
+
+
+class RollupWatermark(models.Model):
+    """Up to where the roll-ups are complete; refreshes recompute a look-back window before it."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    complete_until = models.DateTimeField()
+
+    class Meta:
+        db_table = "telemetry_rollup_watermark"
+
+    def __str__(self) -> str:
+        return f"{self.name} until {self.complete_until.isoformat()}"
