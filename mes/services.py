@@ -86,10 +86,13 @@ def _state_for(unit: Unit) -> dict:
     work_order = unit.work_order
     return {
         "unit": unit.serial,
+        "unit_id": unit.pk,
         "vin": unit.vin,
         "work_order": work_order.external_id,
+        "work_order_id": work_order.pk,
         "work_order_status": work_order.status,
         "product": work_order.product.code,
+        "product_id": work_order.product_id,
     }
 
 
@@ -296,9 +299,11 @@ def firmware_flash(
         )
     audit_record(action=AuditAction.CREATE, instance=flash)
     where = station or _station_of(unit, at)
-    if where is not None:
+    # A unit at no station still carries this firmware to its next station: tell the line.
+    targets = [where] if where is not None else list(unit.work_order.line.stations.all())
+    for target in targets:
         outbox_enqueue(
-            station=where,
+            station=target,
             kind="firmware.flashed",
             payload={
                 **_state_for(unit),
