@@ -411,6 +411,19 @@ def test_beat_keeps_its_schedule_on_a_named_volume(compose, services):
     assert mounts[directory][0] in compose["volumes"]
 
 
+def test_every_procfile_process_starts_with_a_plain_docker_compose_up(services):
+    # Only services whose command waits for a later issue may sit in an opt-in profile.
+    procfile_processes = {
+        line.partition(":")[0].strip()
+        for line in PROCFILE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+
+    assert "ingest" in procfile_processes
+    for name in procfile_processes:
+        assert not services[name].get("profiles"), f"{name} is in a profile"
+
+
 def test_default_services_run_only_existing_management_commands(services):
     available = get_commands()
     used = {}

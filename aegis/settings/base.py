@@ -100,6 +100,10 @@ NATS_STREAM_REPLICAS = env.integer("AEGIS_NATS_REPLICAS", 1, minimum=1, maximum=
 # fsync policy of the embedded nats-server: "always" (fsync before each ack) or a duration.
 NATS_SYNC_INTERVAL = env.string("AEGIS_NATS_SYNC_INTERVAL", "always")
 TELEMETRY_RETENTION_HOURS = env.integer("AEGIS_TELEMETRY_RETENTION_HOURS", 24, minimum=1)
+# Telemetry ingest workers (docs/telemetry-payloads.md): a batch closes at this many messages
+# or after this wait, whichever comes first.
+INGEST_BATCH_SIZE = env.integer("AEGIS_INGEST_BATCH_SIZE", 500, minimum=1, maximum=10_000)
+INGEST_BATCH_WAIT_MS = env.integer("AEGIS_INGEST_BATCH_WAIT_MS", 250, minimum=1, maximum=60_000)
 
 CACHES = {
     "default": {

@@ -226,7 +226,7 @@ def test_the_repair_runs_on_plain_postgresql_without_any_extension():
     assert stored(station.pk)[datetime_ms(T0)] == at_unit(unit)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_worker_connection_reattributes_with_psycopg_sync_and_async():
     plant = Plant()
     station = plant.stations[0]
