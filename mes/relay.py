@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from psycopg import sql
 
 import aegis.observability.metrics  # noqa: F401 - names this process's metric files first
 from aegis import jetstream
+from aegis.stopping import StopsOnSignals
 from mes.models import OutboxMessage
 
 logger = structlog.get_logger(__name__)
@@ -627,8 +627,10 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".rstrip(": ")
 
 
-class OutboxRelay:
+class OutboxRelay(StopsOnSignals):
     """Publishes the outbox: `serve()` until stopped (the process), `drain()` once (`--once`)."""
+
+    stopping_event = "outbox.relay_stopping"
 
     def __init__(
         self,
@@ -968,23 +970,6 @@ class OutboxRelay:
             raise notified.exception()
 
     # -- signals and shutdown -------------------------------------------------------------
-
-    # SIGHUP too: a closed terminal under `make run` stops the relay like Ctrl-C.
-    _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-    def _handle_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in self._SIGNALS:
-            loop.add_signal_handler(signum, self._on_signal, signum)
-
-    def _release_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in self._SIGNALS:
-            loop.remove_signal_handler(signum)
-
-    def _on_signal(self, signum: int) -> None:
-        logger.info("outbox.relay_stopping", signal=signal.Signals(signum).name)
-        self.request_stop()
 
     async def _close(self) -> None:
         self._closing = True

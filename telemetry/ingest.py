@@ -2,7 +2,8 @@
 
 Any number of workers share the durable pull consumer `ingest` on the TELEMETRY stream; each
 pulls batches (up to `INGEST_BATCH_SIZE` messages, 500, or whatever arrived within
-`INGEST_BATCH_WAIT_MS`, 250 ms), and for each batch:
+`INGEST_BATCH_WAIT_MS`, 250 ms; and whatever has arrived as soon as the writer is idle, so that a
+quiet line is not held back by the batch timer), and for each batch:
 
 1. decodes and validates every message (`telemetry.payloads`, orjson);
 2. looks the station up and joins every sample with the MES state valid at the sample's own
@@ -60,7 +61,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import signal
 import time
 from bisect import bisect_right
 from collections.abc import Callable
@@ -80,6 +80,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 from aegis import jetstream
+from aegis.stopping import StopsOnSignals
 from telemetry import metrics
 from telemetry.enrichment import StateHistory, default_since, ms_datetime
 from telemetry.payloads import (
@@ -92,7 +93,14 @@ from telemetry.payloads import (
     time_window,
 )
 from telemetry.reattribution import intervals_as_datetimes, reattribute_async
-from telemetry.storage import REFUSED, CopyRows, SampleStore, WriteResult, database_parameters
+from telemetry.storage import (
+    REFUSED,
+    TABLE,
+    CopyRows,
+    SampleStore,
+    WriteResult,
+    database_parameters,
+)
 
 logger = structlog.get_logger(__name__)
 
@@ -212,9 +220,15 @@ class Puller:
     `request` asks for up to `batch` messages, expiring after `wait_s`; `collect` returns what
     arrived once the request ended: the batch is full, the server says it ended (408 expired,
     404, 409), or, if that status never comes (the connection dropped), a second after the
-    expiry. The worker sends the next request as soon as it has collected a batch, so the
-    server delivers it while the last one is being joined. Messages arriving late for an
-    earlier request simply join the next batch.
+    expiry. The worker sends the next request as soon as the last one ended, so the server
+    delivers it while the last batch is being joined. Messages arriving late for an earlier
+    request simply join the next batch.
+
+    Cutting early: `collect(ready=...)` also returns what has arrived as soon as `ready()` says
+    the writer is idle, leaving the request outstanding (later messages of it make the next
+    batch). Under load the writer is busy and batches fill to `batch`; on a quiet line a sample
+    waits for the writer's last commit instead of the request's expiry (group commit). The
+    writer calls `wake` when it becomes idle.
     """
 
     def __init__(self, client: Client, *, stream: str, consumer: str) -> None:
@@ -223,10 +237,13 @@ class Puller:
         self.inbox = client.new_inbox()
         self.arrived: list[Msg] = []
         self.wanted = 0
+        self.delivered = 0  # messages of the current request
         self.status: tuple[str, str] | None = None
         self.outstanding = False
+        self.ended = False
         self._deadline = 0.0
-        self._ended = asyncio.Event()
+        # Set when the request ends, when the first message of a batch arrives, and by `wake`.
+        self._changed = asyncio.Event()
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
@@ -250,27 +267,42 @@ class Puller:
             if status == "100":
                 return  # heartbeat
             self.status = (status, headers.get("Description", ""))
-            self._ended.set()
+            self.ended = True
+            self._changed.set()
             return
         self.arrived.append(msg)
-        if len(self.arrived) >= self.wanted:
-            self._ended.set()
+        self.delivered += 1
+        if self.delivered >= self.wanted:
+            self.ended = True
+            self._changed.set()
+        elif len(self.arrived) == 1:
+            self._changed.set()  # not for every message: that would wake `collect` 100k times/s
 
     async def request(self, batch: int, wait_s: float) -> None:
         self.wanted = batch
+        self.delivered = 0
         self.status = None
-        self._ended.clear()
+        self.ended = False
         self._deadline = time.monotonic() + wait_s + 1.0
         request = {"batch": batch, "expires": int(wait_s * 1e9), "max_bytes": PULL_MAX_BYTES}
         await self.client.publish(self.request_subject, orjson.dumps(request), reply=self.inbox)
         self.outstanding = True
 
-    async def collect(self) -> list[Msg]:
-        if self.outstanding:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._ended.wait(), max(0.0, self._deadline - time.monotonic())
-                )
+    def wake(self) -> None:
+        """The writer became idle: a waiting `collect` looks again at what has arrived."""
+        self._changed.set()
+
+    async def collect(self, ready: Callable[[], bool] | None = None) -> list[Msg]:
+        while self.outstanding and not self.ended:
+            if self.arrived and ready is not None and ready():
+                break  # cut early; the request goes on
+            remaining = self._deadline - time.monotonic()
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.0, remaining))
+            except TimeoutError:
+                self.ended = True  # no status came: the connection dropped meanwhile
+        if self.ended:
             self.outstanding = False
         taken, self.arrived = self.arrived, []
         return taken
@@ -288,8 +320,10 @@ _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
 _NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
 
-class IngestWorker:
+class IngestWorker(StopsOnSignals):
     """Stores the TELEMETRY stream: `serve()` until stopped (the `ingest` process)."""
+
+    stopping_event = "ingest.stopping"
 
     def __init__(
         self,
@@ -300,13 +334,14 @@ class IngestWorker:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 10.0,
         progress: Callable[[BatchReport], None] | None = None,
+        table: str = TABLE,  # `bench_ingest` writes into a scratch copy of telemetry_sample
     ) -> None:
         self.batch_size = batch_size or configured_batch_size()
         self.batch_wait_s = (batch_wait_ms or configured_batch_wait_ms()) / 1000
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.progress = progress
-        self.store = SampleStore(database or database_parameters())
+        self.store = SampleStore(database or database_parameters(), table=table)
         self.totals = IngestTotals()
         self.client: Client | None = None
         self.js: JetStreamContext | None = None
@@ -328,6 +363,7 @@ class IngestWorker:
         self._work: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._closing = False
+        self._idle = False  # the writer waits for a batch
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -513,13 +549,13 @@ class IngestWorker:
             try:
                 if not self.puller.outstanding and not self.stopping:
                     await self.puller.request(self.batch_size, self.batch_wait_s)
-                messages = await self.puller.collect()
+                messages = await self.puller.collect(ready=self._writer_idle)
             except _NATS_ERRORS as error:
                 logger.warning("ingest.pull_failed", error=_describe(error))
                 await self._pause(backoff.next())
                 continue
             status = self.puller.status
-            if not self.stopping:
+            if not self.stopping and not self.puller.outstanding:
                 # The next batch travels while this one is joined; if the request cannot be
                 # sent, the next round sends it again.
                 with contextlib.suppress(*_NATS_ERRORS):
@@ -538,6 +574,9 @@ class IngestWorker:
                 await self._pause(backoff.next())
             if self.stopping and not self.puller.outstanding:
                 return  # the batch in hand is queued; nothing more was asked for
+
+    def _writer_idle(self) -> bool:
+        return self._idle and self._queue.empty()
 
     async def _enqueue(self, batch: Batch | None) -> None:
         """Queue for the writer, waiting while the queue is full (backpressure) unless the
@@ -625,9 +664,13 @@ class IngestWorker:
             if not self._queue.empty():
                 return self._queue.get_nowait()
             self._work.clear()
+            self._idle = True
+            if self.puller is not None:
+                self.puller.wake()
             getter = asyncio.ensure_future(self._queue.get())
             waker = asyncio.ensure_future(self._work.wait())
             done, _ = await asyncio.wait([getter, waker], return_when=asyncio.FIRST_COMPLETED)
+            self._idle = False
             waker.cancel()
             if getter in done:
                 return getter.result()
@@ -861,22 +904,6 @@ class IngestWorker:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
-
-    _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-    def _handle_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in self._SIGNALS:
-            loop.add_signal_handler(signum, self._on_signal, signum)
-
-    def _release_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in self._SIGNALS:
-            loop.remove_signal_handler(signum)
-
-    def _on_signal(self, signum: int) -> None:
-        logger.info("ingest.stopping", signal=signal.Signals(signum).name)
-        self.request_stop()
 
     async def _close(self) -> None:
         self._closing = True

@@ -164,26 +164,44 @@ def database_parameters(alias: str = "default") -> dict:
 
 
 _COLUMNS_SQL = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
-_COPY = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-    sql.Identifier(TABLE), _COLUMNS_SQL
-)
-_COPY_INCOMING = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-    sql.Identifier(INCOMING), _COLUMNS_SQL
-)
-_CREATE_INCOMING = sql.SQL(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-).format(sql.Identifier(INCOMING), sql.Identifier(TABLE))
-_CLEAR_INCOMING = sql.SQL("DELETE FROM {}").format(sql.Identifier(INCOMING))
-_INSERT_NEW = sql.SQL(
-    "INSERT INTO {table} ({columns}) SELECT {columns} FROM {incoming} ON CONFLICT DO NOTHING"
-).format(table=sql.Identifier(TABLE), columns=_COLUMNS_SQL, incoming=sql.Identifier(INCOMING))
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The statements of one target table (telemetry_sample, or a scratch copy for benchmarks)."""
+
+    copy: sql.Composed
+    copy_incoming: sql.Composed
+    create_incoming: sql.Composed
+    clear_incoming: sql.Composed
+    insert_new: sql.Composed
+
+    @classmethod
+    def for_table(cls, table: str) -> _Statements:
+        target, incoming = sql.Identifier(table), sql.Identifier(INCOMING)
+        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)")
+        return cls(
+            copy=copy.format(target, _COLUMNS_SQL),
+            copy_incoming=copy.format(incoming, _COLUMNS_SQL),
+            create_incoming=sql.SQL(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
+                "ON COMMIT DELETE ROWS"
+            ).format(incoming, target),
+            clear_incoming=sql.SQL("DELETE FROM {}").format(incoming),
+            insert_new=sql.SQL(
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {incoming} "
+                "ON CONFLICT DO NOTHING"
+            ).format(table=target, columns=_COLUMNS_SQL, incoming=incoming),
+        )
 
 
 class SampleStore:
     """The worker's one PostgreSQL session (psycopg 3, async, autocommit)."""
 
-    def __init__(self, parameters: dict) -> None:
+    def __init__(self, parameters: dict, *, table: str = TABLE) -> None:
         self.parameters = parameters
+        self.table = table
+        self._sql = _Statements.for_table(table)
         self.connection: psycopg.AsyncConnection | None = None
 
     @property
@@ -210,7 +228,7 @@ class SampleStore:
         payload = rows.payload()
         started = time.perf_counter()
         try:
-            async with self.connection.cursor().copy(_COPY) as copy:
+            async with self.connection.cursor().copy(self._sql.copy) as copy:
                 await copy.write(payload)
         except errors.UniqueViolation:
             # A redelivery: the COPY rolled back as a whole; keep the rows that are new.
@@ -246,9 +264,9 @@ class SampleStore:
 
     async def _insert_new(self, payload: bytes) -> int:
         """Inside a transaction: COPY into the temporary table, insert what is new."""
-        await self.connection.execute(_CREATE_INCOMING)
-        await self.connection.execute(_CLEAR_INCOMING)  # rows of an earlier savepoint
-        async with self.connection.cursor().copy(_COPY_INCOMING) as copy:
+        await self.connection.execute(self._sql.create_incoming)
+        await self.connection.execute(self._sql.clear_incoming)  # rows of an earlier savepoint
+        async with self.connection.cursor().copy(self._sql.copy_incoming) as copy:
             await copy.write(payload)
-        cursor = await self.connection.execute(_INSERT_NEW)
+        cursor = await self.connection.execute(self._sql.insert_new)
         return cursor.rowcount

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -120,3 +122,43 @@ def stop(process: subprocess.Popen, timeout: float = 20.0) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+class ServedInThread:
+    """`service.serve(handle_signals=False)` in a thread with its own event loop, as its
+    command runs it; `with` starts it, and stops it by `request_stop` (re-raising what it
+    raised)."""
+
+    what = "service"
+
+    def __init__(self, service) -> None:
+        self.service = service
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self._running = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._running.set()
+            await self.service.serve(handle_signals=False)
+
+        try:
+            asyncio.run(main())
+        except BaseException as error:  # noqa: BLE001 - reported by __exit__
+            self.error = error
+            self._running.set()
+
+    def __enter__(self):
+        self.thread.start()
+        assert self._running.wait(10)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.loop is not None and self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.service.request_stop)
+        self.thread.join(30)
+        assert not self.thread.is_alive(), f"the {self.what} did not stop within 30 s"
+        if self.error is not None:
+            raise self.error

@@ -57,7 +57,7 @@ from tests.factories import (
     UnitFactory,
     WorkOrderFactory,
 )
-from tests.support import REPO, process_environment, stop
+from tests.support import REPO, ServedInThread, process_environment, stop
 
 T0 = dt.datetime(2025, 3, 3, 6, 0, tzinfo=dt.UTC)
 SHARED_DB = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -364,40 +364,14 @@ def drain(**options) -> OutboxRelay:
     return relay
 
 
-class RunningRelay:
+class RunningRelay(ServedInThread):
     """`OutboxRelay.serve()` in a thread with its own event loop, as the command runs it."""
 
+    what = "relay"
+
     def __init__(self, **options) -> None:
-        self.relay = OutboxRelay(**options)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None
-        self._running = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self._running.set()
-            await self.relay.serve(handle_signals=False)
-
-        try:
-            asyncio.run(main())
-        except BaseException as error:  # noqa: BLE001 - reported by __exit__
-            self.error = error
-            self._running.set()
-
-    def __enter__(self) -> RunningRelay:
-        self.thread.start()
-        assert self._running.wait(10)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.loop is not None and self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.relay.request_stop)
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the relay did not stop within 30 s"
-        if self.error is not None:
-            raise self.error
+        super().__init__(OutboxRelay(**options))
+        self.relay = self.service
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from nats.js import api
 
 from aegis import jetstream
 from telemetry.ingest import CONSUMER, DEAD_LETTER_STREAM, TELEMETRY_STREAM, IngestWorker
-from tests.support import REPO, process_environment, stop
+from tests.support import REPO, ServedInThread, process_environment, stop
 
 
 def run(coroutine):
@@ -241,40 +241,14 @@ def dead_letters() -> list[DeadLetter]:
 # -- the worker ------------------------------------------------------------------------------
 
 
-class RunningWorker:
+class RunningWorker(ServedInThread):
     """`IngestWorker.serve()` in a thread with its own event loop."""
 
+    what = "worker"
+
     def __init__(self, **options) -> None:
-        self.worker = IngestWorker(**options)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None
-        self._running = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self._running.set()
-            await self.worker.serve(handle_signals=False)
-
-        try:
-            asyncio.run(main())
-        except BaseException as error:  # noqa: BLE001 - reported by __exit__
-            self.error = error
-            self._running.set()
-
-    def __enter__(self) -> RunningWorker:
-        self.thread.start()
-        assert self._running.wait(10)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.loop is not None and self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.worker.request_stop)
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the worker did not stop within 30 s"
-        if self.error is not None:
-            raise self.error
+        super().__init__(IngestWorker(**options))
+        self.worker = self.service
 
 
 class IngestProcess:

@@ -215,6 +215,66 @@ def test_samples_carry_the_unit_at_their_station_at_their_own_instant(plant):
     assert rows[(plant.b.id, 4)].unit_id is None  # the unit was never at station B
 
 
+def at_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def test_a_backlog_replayed_after_many_mes_changes_is_attributed_as_it_happened(plant):
+    # Four more units pass station A one after another (5 s each, 1 s empty between them), the
+    # second is flashed half-way through its visit, and only then does a worker start: every
+    # sample of the minute takes the state of its own instant, not the state at replay time.
+    t0 = plant.arrived_ms + 2_000
+    services.unit_leave(unit=plant.unit, station=plant.a, at=at_ms(t0))
+    schedule = [(plant.arrived_ms, t0, plant.unit)]
+    for n in range(4):
+        unit = UnitFactory(work_order=plant.unit.work_order, vin=make_vin(90_000 + n))
+        arrived, left = t0 + 1_000 + n * 6_000, t0 + 6_000 + n * 6_000
+        services.unit_arrive(unit=unit, station=plant.a, at=at_ms(arrived))
+        services.unit_leave(unit=unit, station=plant.a, at=at_ms(left))
+        schedule.append((arrived, left, unit))
+    flashed_ms = schedule[2][0] + 2_500
+    services.firmware_flash(
+        unit=schedule[2][2], component="EPS", version="v2.1.4", at=at_ms(flashed_ms)
+    )
+    span = range(plant.arrived_ms - 1_000, schedule[-1][1] + 1_000, 50)
+    publish(
+        [Published(plant.subject(plant.a), single(plant.a.code, ts, torque=1.0)) for ts in span]
+    )
+
+    with RunningWorker(batch_wait_ms=50):
+        wait_until(lambda: stored() == len(span), 30, "the backlog is stored")
+
+    def expected(ts: int):
+        return next((unit for start, end, unit in schedule if start <= ts < end), None)
+
+    rows = Sample.objects.filter(station_id=plant.a.id).order_by("ts")
+    checked = 0
+    for row in rows:
+        ts = round(row.ts.timestamp() * 1000)
+        unit = expected(ts)
+        assert row.vin == (unit.vin if unit else None), f"sample at {ts}"
+        assert row.unit_id == (unit.id if unit else None)
+        flashed = unit == schedule[2][2] and ts >= flashed_ms
+        assert row.firmware == ({"EPS": "v2.1.4"} if flashed else None), f"sample at {ts}"
+        checked += 1
+    assert checked == len(span)
+    assert {row.vin for row in rows} == {None} | {unit.vin for _, _, unit in schedule}
+
+
+def test_a_quiet_line_is_stored_without_waiting_for_the_batch_timer(plant):
+    # With a 5 s batch timer, a lone sample is still committed as soon as it arrives: the
+    # writer is idle, so the batch is cut at once (the timer only bounds batches under load).
+    with RunningWorker(batch_wait_ms=5_000):
+        wait_until(lambda: consumer_info().num_waiting >= 1, 30, "the worker pulls")
+        for n in range(3):
+            sent = time.monotonic()
+            body = single(plant.a.code, now_ms(), n, torque=1.0)
+            publish([Published(plant.subject(plant.a), body)])
+            seconds = wait_until(lambda n=n: stored() == n + 1, 10, "the sample is stored")
+            print(f"\nsample {n}: stored {seconds * 1000:.0f} ms after its publish")
+            assert time.monotonic() - sent < 1.0
+
+
 # -- crashes and outages ----------------------------------------------------------------------
 
 
