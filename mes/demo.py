@@ -1,5 +1,6 @@
-"""The demo plant (`manage.py seed_demo`): a site with two lines of six stations, products and
-routes, three shifts with breaks, work orders and units with valid VINs, and one user per role.
+"""The demo plant (`manage.py seed_demo`): a site with two lines of six stations and the signals
+their PLCs publish (those of the simulator included), products and routes, three shifts with
+breaks, work orders and units with valid VINs, and one user per role.
 
 Every step is idempotent: run it any number of times; it only adds what is missing. Demo users
 are only ever created or changed when this command created them before (they are listed in the
@@ -44,6 +45,7 @@ from mes.models import (
     vin_check_digit,
 )
 from mes.services import shifts_generate, work_order_release, work_order_start
+from telemetry.simulator.signals import AUXILIARY_SIGNALS
 
 # code, name, type, ideal cycle time (s), signals: (name, unit, nominal min, nominal max)
 LINES = {
@@ -274,6 +276,21 @@ def seed_demo_plant(*, today: dt.date | None = None, progress=None) -> dict[str,
                     station=station,
                     name=signal,
                     defaults={"unit": unit, "nominal_min": low, "nominal_max": high},
+                )
+            # What the simulated PLC publishes besides them (motor current, temperatures, …),
+            # declared so every published signal has a unit and a range; a station's own
+            # declaration of the same name wins.
+            for auxiliary in AUXILIARY_SIGNALS.get(station.station_type, ()):
+                _get_or_create(
+                    counter,
+                    StationSignal,
+                    station=station,
+                    name=auxiliary.name,
+                    defaults={
+                        "unit": auxiliary.unit,
+                        "nominal_min": auxiliary.low,
+                        "nominal_max": auxiliary.high,
+                    },
                 )
             _get_or_create(
                 counter,

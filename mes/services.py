@@ -231,6 +231,8 @@ def unit_arrive(*, unit: Unit, station: Station, at: dt.datetime | None = None) 
     """The unit is at the station from `at`. Whatever it and the station were doing before
     ends then: the unit's open visit elsewhere, and another unit's open visit here."""
     at = _now(at)
+    # Read under the unit's row lock: an arrival racing `unit_complete` sees its outcome.
+    unit.status = Unit.objects.select_for_update().values_list("status", flat=True).get(pk=unit.pk)
     if unit.status in (UnitStatus.COMPLETED, UnitStatus.SCRAPPED):
         raise TransitionRefused(f"unit {unit} is {unit.status}", fields={"unit": [unit.status]})
     open_visits = StationVisit.objects.select_for_update().filter(
@@ -268,6 +270,62 @@ def unit_leave(*, unit: Unit, station: Station, at: dt.datetime | None = None) -
             f"unit {unit} is not at station {station.code}", fields={"station": ["no open visit"]}
         )
     return _close_visit(visit, at)
+
+
+@transaction.atomic
+def unit_complete(*, unit: Unit, at: dt.datetime | None = None) -> Unit:
+    """The unit is finished: it left the last station of its route at or before `at`.
+
+    Only a unit in progress completes (a planned one was never at a station), never while it is
+    at a station (it leaves first), and not before it left the station it was at last. A
+    completed unit arrives nowhere any more (`unit_arrive` refuses it)."""
+    at = _now(at)
+    # Locked: of two concurrent completions exactly one wins, the other is refused.
+    current = Unit.objects.select_for_update().select_related("work_order__product").get(pk=unit.pk)
+    if current.status != UnitStatus.IN_PROGRESS:
+        state = {
+            UnitStatus.PLANNED: "planned: it has not been at any station",
+            UnitStatus.COMPLETED: "completed already",
+        }.get(current.status, current.status)
+        raise TransitionRefused(
+            f"unit {current} is {state}; only a unit in progress completes",
+            fields={"status": [current.status]},
+        )
+    last_visit = (
+        StationVisit.objects.filter(unit=current)
+        .select_related("station")
+        .order_by("-arrived_at")
+        .first()
+    )
+    if last_visit is not None and last_visit.left_at is None:
+        raise TransitionRefused(
+            f"unit {current} is at station {last_visit.station.code}: it leaves it first",
+            fields={"station": [f"open visit at {last_visit.station.code}"]},
+        )
+    if last_visit is not None and last_visit.left_at > at:
+        raise Conflict(
+            f"unit {current} left station {last_visit.station.code} at "
+            f"{last_visit.left_at.isoformat()}, after {at.isoformat()}",
+            fields={"at": [f"before the unit left {last_visit.station.code}"]},
+        )
+    before = snapshot(current)
+    current.status = UnitStatus.COMPLETED
+    current.save(update_fields=["status", "updated_at"])
+    unit.status, unit.updated_at = current.status, current.updated_at
+    audit_record(action=AuditAction.UPDATE, instance=current, before=before)
+    # The station it left last saw it finish. Without any recorded visit (its status was set
+    # outside these services) the whole line is told, as for a flash at no station.
+    if last_visit is not None:
+        targets = [last_visit.station]
+    else:
+        targets = list(current.work_order.line.stations.all())
+    for station in targets:
+        outbox_enqueue(
+            station=station,
+            kind="unit.completed",
+            payload={**_state_for(current), "status": current.status, "at": at.isoformat()},
+        )
+    return current
 
 
 @transaction.atomic

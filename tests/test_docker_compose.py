@@ -36,6 +36,10 @@ HEALTHCHECK_SCRIPT = REPO / "deploy" / "healthcheck.py"
 PROCFILE = REPO / "Procfile"
 
 SERVERS = {"timescaledb", "nats", "redis"}
+# Procfile processes for demo stacks only (they write simulated facts into the MES): in the
+# `demo` profile, never started by a plain `up` in a plant.
+DEMO_ONLY = {"simulator"}
+DEMO_PROFILE = "demo"
 PRODUCTION_SETTINGS = "aegis.settings.production"
 METRICS_DIR = "/run/aegis-metrics"
 
@@ -415,17 +419,51 @@ def test_beat_keeps_its_schedule_on_a_named_volume(compose, services):
     assert mounts[directory][0] in compose["volumes"]
 
 
-def test_every_procfile_process_starts_with_a_plain_docker_compose_up(services):
-    # Only services whose command waits for a later issue may sit in an opt-in profile.
-    procfile_processes = {
+def _procfile_processes() -> set[str]:
+    return {
         line.partition(":")[0].strip()
         for line in PROCFILE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
 
+
+def test_every_procfile_process_starts_with_a_plain_docker_compose_up(services):
+    # Only services whose command waits for a later issue may sit in an opt-in profile, and the
+    # demo-only processes, which sit in the demo profile (the next test).
+    procfile_processes = _procfile_processes()
+
     assert "ingest" in procfile_processes
-    for name in procfile_processes:
+    for name in procfile_processes - DEMO_ONLY:
         assert not services[name].get("profiles"), f"{name} is in a profile"
+
+
+def test_demo_only_processes_are_in_the_demo_profile_alone(services):
+    from aegis.management.commands.run import DEMO_ONLY as LEFT_OUT_BY_MAKE_RUN
+
+    assert DEMO_ONLY == LEFT_OUT_BY_MAKE_RUN
+    assert _procfile_processes() >= DEMO_ONLY
+    for name in DEMO_ONLY:
+        assert services[name].get("profiles") == [DEMO_PROFILE], name
+    in_demo = {name for name, service in services.items() if service.get("profiles")}
+    assert {n for n in in_demo if DEMO_PROFILE in services[n]["profiles"]} == DEMO_ONLY
+
+
+def test_the_simulator_service_runs_the_procfile_command_until_stopped(services, example_env):
+    simulator = services["simulator"]
+    procfile = next(
+        line.partition(":")[2].strip()
+        for line in PROCFILE.read_text().splitlines()
+        if line.startswith("simulator:")
+    )
+    # Compose turns `$$` into `$`; the container's shell then reads the rate from the env_file,
+    # so .env sets it for the container as the environment does for `make run`.
+    in_container = interpolate(command_text(simulator), example_env)
+
+    assert in_container.startswith("sh -c exec python manage.py simulate ")
+    assert in_container.removeprefix("sh -c exec ").replace('"', "") == procfile
+    assert "${AEGIS_SIMULATOR_RATE_HZ:-50}" in procfile
+    assert "--duration" not in procfile  # runs until stopped
+    assert _seconds(simulator["stop_grace_period"]) >= 30
 
 
 def test_default_services_run_only_existing_management_commands(services):

@@ -57,6 +57,7 @@ urlpatterns = [
     ),
     re_path(rf"{UNIT}/arrive/?$", views.UnitArriveView.as_view(), name="unit-arrive"),
     re_path(rf"{UNIT}/leave/?$", views.UnitLeaveView.as_view(), name="unit-leave"),
+    re_path(rf"{UNIT}/complete/?$", views.UnitCompleteView.as_view(), name="unit-complete"),
     re_path(rf"{UNIT}/firmware/?$", views.UnitFirmwareView.as_view(), name="unit-firmware"),
     re_path(r"^counts/?$", views.CountsReportView.as_view(), name="counts-report"),
     re_path(

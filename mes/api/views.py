@@ -400,6 +400,20 @@ class UnitLeaveView(_UnitOperation):
 
 
 @operation(
+    "The unit is complete (it left the last station of its route)",
+    404,
+    409,
+    operation_id="unit_complete",
+)
+class UnitCompleteView(_UnitOperation):
+    # Completing is the unit's last move on the floor, recorded by whoever records its
+    # departures: the roles that may end a visit may complete the unit that left the line.
+    required_permissions = ("mes.change_stationvisit",)
+    service = staticmethod(services.unit_complete)
+    serializer_class = s.UnitSerializer
+
+
+@operation(
     "Record firmware flashed onto a component of the unit",
     404,
     409,

@@ -9,10 +9,10 @@ between stations, and planned downtime when a worn tool or seal is replaced. It 
 what happened comes out as `Arrive`, `Leave`, `Flash`, `Quality`, … actions, in time order.
 
 `MesSink` turns those actions into MES records through `mes.services` (visits, firmware flashes,
-counts, quality events, downtime, work orders), so the outbox publishes them as MES state and
-the telemetry join has real state to join with. It runs in one worker thread: the services are
-synchronous Django ORM calls and must never block the publishing loop. `NullSink` (`--no-mes`)
-records nothing and names units by their simulated serial.
+counts, quality events, downtime, units and work orders completed), so the outbox publishes them
+as MES state and the telemetry join has real state to join with. It runs in one worker thread:
+the services are synchronous Django ORM calls and must never block the publishing loop.
+`NullSink` (`--no-mes`) records nothing and names units by their simulated serial.
 
 Every decision is drawn from random streams seeded by the run's seed, never from the database,
 so the same seed and arguments move the same units the same way with or without the MES.
@@ -33,7 +33,7 @@ from django.db.models import F, Max
 
 from mes import services
 from mes.audit import audit_context
-from mes.errors import Conflict
+from mes.errors import Conflict, MesError
 from mes.models import (
     DefectCode,
     DowntimeEvent,
@@ -681,8 +681,8 @@ class MesSink:
     per action, so a refused record (say, a visit that overlaps history left by an earlier run)
     is counted and skipped without losing the others. Units come from the line's open work
     orders (in progress first, then released ones, which it starts); when they run out it
-    creates, releases and starts a new work order of 12 units. A work order completes when the
-    last of its units leaves the line.
+    creates, releases and starts a new work order of 12 units. A unit completes when it leaves
+    the last station of the route, and a work order when the last of its units does.
     """
 
     def __init__(self, layout: PlantLayout) -> None:
@@ -815,6 +815,14 @@ class MesSink:
         work_order = unit.work_order
         finished = self.finished[work_order.pk]
         finished.add(unit.pk)
+        try:
+            with transaction.atomic():
+                services.unit_complete(unit=unit, at=instant(action.at))
+        except MesError as error:
+            # Its departure from the last station was refused, so it is still there: counted,
+            # and its work order still completes with the others.
+            self.report.errors += 1
+            self.report.last_errors.append(f"UnitDone: {type(error).__name__}: {error}"[:300])
         if finished < self.allocated[work_order.pk]:
             return
         if work_order.units.filter(status=UnitStatus.PLANNED).exists():

@@ -38,6 +38,8 @@ MAX_RATE_HZ = 1000.0
 MAX_BATCH = 5000
 STEP_MS = 100  # simulated time generated per turn of the loop, at most
 MES_BACKLOG_LIMIT = 20_000  # actions waiting for the database before the simulation waits
+# Each stops a run cleanly: Ctrl-C, a supervisor (honcho, Docker, systemd), a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ async def _connect_unless_stopped(connect, stop: asyncio.Event, out, state: dict
     waiting = {connecting, stopping}
     done, _ = await asyncio.wait(waiting, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
     if not done:
-        out(f"waiting for NATS ({state['error'] or 'connecting'}); SIGINT or SIGTERM stops")
+        out(f"waiting for NATS ({state['error'] or 'connecting'}); SIGINT, SIGTERM or SIGHUP stops")
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     if connecting in done:
@@ -265,7 +267,7 @@ async def _connect_unless_stopped(connect, stop: asyncio.Event, out, state: dict
 
 
 def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signum)
 
@@ -279,11 +281,11 @@ async def simulate(
     truth_file: Path | None = None,
     announce_faults: bool = True,
 ) -> Summary:
-    """Run until the duration is simulated or SIGINT/SIGTERM; returns what was done."""
+    """Run until the duration is simulated or a stop signal; returns what was done."""
     simulation = Simulation(layout, config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
     nats_state = {"error": "", "disconnected": False, "closing": False}

@@ -6,19 +6,23 @@ data directory, exactly as on a fresh laptop.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
 from aegis.embedded.servers import free_port, port_accepts
+from aegis.management.commands.run import processes_to_run
 from tests.support import REPO, environment_without_aegis, http_get, readyz, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -91,6 +95,48 @@ def data_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _samples_stored(base_url: str) -> float:
+    """Telemetry samples the ingest workers committed, as /metrics sums them."""
+    found = re.search(
+        r"^aegis_ingest_samples_stored_total (\S+)$",
+        http_get(f"{base_url}/metrics")[1].decode(),
+        re.M,
+    )
+    return float(found[1]) if found else 0.0
+
+
+def _json(url: str, body: dict | None = None, token: str | None = None) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data, headers)  # noqa: S310 - loopback HTTP
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback HTTP
+        return json.loads(response.read())
+
+
+def _api_get(base_url: str, path: str, data_dir: Path) -> dict:
+    """GET an API path as the demo admin, with a token issued for the purpose."""
+    (password,) = [
+        user["password"]
+        for user in json.loads((data_dir / "demo-credentials.json").read_text())
+        if user["username"] == "admin"
+    ]
+    issued = _json(f"{base_url}/api/v1/auth/token", {"username": "admin", "password": password})
+    return _json(f"{base_url}{path}", token=issued["token"])
+
+
+def _wait_for_simulated_data(base_url: str, data_dir: Path, log: Path) -> None:
+    """The simulator of the Procfile publishes telemetry that ingest stores, and records the
+    units it moves in the MES."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and _samples_stored(base_url) == 0:
+        time.sleep(1)
+    assert _samples_stored(base_url) > 0, log.read_text()[-3000:]
+    visits = _api_get(base_url, "/api/v1/station-visits/", data_dir)
+    assert visits["count"] >= 12, visits  # a unit at every demo station from the start
+
+
 def test_make_run_serves_stops_cleanly_and_keeps_its_data(data_dir):
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -107,6 +153,10 @@ def test_make_run_serves_stops_cleanly_and_keeps_its_data(data_dir):
     credentials = (data_dir / "demo-credentials.json").read_text()
     print(f"first start: ready in {startup_s:.1f} s")
     assert startup_s < 180  # the issue's budget for a fresh clone on 2 cores, install aside
+    (processes,) = re.findall(r"processes: (.*) \(Ctrl-C", log.read_text())
+    assert {"web", "ingest", "relay", "simulator"} <= set(processes.split(", "))
+    _wait_for_simulated_data(base_url, data_dir, log)
+    assert "simulating every station" in log.read_text()
 
     os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
     assert launcher.wait(60) == 0, log.read_text()[-3000:]
@@ -129,6 +179,27 @@ def test_make_run_serves_stops_cleanly_and_keeps_its_data(data_dir):
     assert launcher.wait(60) == 0, log.read_text()[-3000:]
     assert _wait_gone(data_dir, 10) == []
     log.unlink()
+
+
+@pytest.mark.parametrize(
+    ("only", "demo", "simulator", "expected"),
+    [
+        # The demo plant (embedded database, or --demo): everything, the simulator too.
+        ([], True, None, ["web", "worker", "relay", "simulator"]),
+        # A plant's own database: the simulator never writes into it unasked...
+        ([], False, None, ["web", "worker", "relay"]),
+        # ...but may when asked, by --simulator or by naming it.
+        ([], False, True, ["web", "worker", "relay", "simulator"]),
+        (["web", "simulator"], False, None, ["web", "simulator"]),
+        # --no-simulator leaves it out of the demo, --only is exactly what it names.
+        ([], True, False, ["web", "worker", "relay"]),
+        (["worker", "web"], True, None, ["web", "worker"]),
+        (["web"], True, True, ["web", "simulator"]),
+    ],
+)
+def test_the_simulator_runs_only_with_the_demo_plant_unless_asked(only, demo, simulator, expected):
+    procfile = ["web", "worker", "relay", "simulator"]
+    assert processes_to_run(procfile, only=only, demo=demo, simulator=simulator) == expected
 
 
 def test_stop_services_cleans_up_after_a_launcher_killed_with_sigkill(data_dir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from io import StringIO
 
+import orjson
 import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
@@ -17,11 +18,14 @@ from mes.models import (
     Shift,
     ShiftBreak,
     Station,
+    StationSignal,
     StationType,
     Unit,
     WorkOrder,
     validate_vin,
 )
+from telemetry.simulator import FaultSettings, Simulation, SimulationConfig, plant_layout_load
+from telemetry.simulator.signals import AUXILIARY_SIGNALS, station_generator
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +38,8 @@ def _seed(tmp_path) -> str:
 
 
 def _counts() -> list[int]:
-    return [m.objects.count() for m in (Line, Station, Route, Shift, ShiftBreak, WorkOrder, Unit)]
+    models = (Line, Station, StationSignal, Route, Shift, ShiftBreak, WorkOrder, Unit)
+    return [m.objects.count() for m in models]
 
 
 def test_seed_demo_builds_two_lines_of_realistic_stations(tmp_path):
@@ -55,6 +60,64 @@ def test_seed_demo_builds_two_lines_of_realistic_stations(tmp_path):
         assert route.operations.count() == 6
     torque = Station.objects.get(code="5").signals.get(name="torque")
     assert (torque.unit, torque.nominal_min, torque.nominal_max) == ("N·m", 110.0, 130.0)
+
+
+def test_seed_demo_declares_the_simulators_auxiliary_signals_with_their_units_and_ranges(
+    tmp_path,
+):
+    _seed(tmp_path)
+    for station in Station.objects.all():
+        declared = {s.name: (s.unit, s.nominal_min, s.nominal_max) for s in station.signals.all()}
+        for auxiliary in AUXILIARY_SIGNALS[station.station_type]:
+            assert declared[auxiliary.name] == (auxiliary.unit, auxiliary.low, auxiliary.high)
+    spindle = Station.objects.get(code="5").signals.get(name="spindle_temp")
+    assert (spindle.unit, spindle.nominal_min, spindle.nominal_max) == ("°C", 20.0, 60.0)
+    flow = Station.objects.get(code="10").signals.get(name="fill_flow")
+    assert (flow.unit, flow.nominal_min, flow.nominal_max) == ("l/min", 0.0, 20.0)
+
+
+def test_the_simulator_publishes_only_declared_signals_inside_their_nominal_ranges(tmp_path):
+    _seed(tmp_path)
+    layout = plant_layout_load()
+    config = SimulationConfig(
+        seed=7,
+        start_ms=1_772_517_600_000,
+        rate_hz=5.0,
+        batch=50,
+        faults=FaultSettings(enabled=False),
+    )
+    simulation = Simulation(layout, config)
+    ranges = {
+        (s.station.code, s.name): (s.nominal_min, s.nominal_max)
+        for s in StationSignal.objects.select_related("station")
+    }
+    for spec in layout.stations:  # nothing the simulator adds on its own any more
+        names = station_generator(spec, seed=7, rate_hz=5.0).names
+        assert sorted(names) == sorted(name for code, name in ranges if code == spec.code)
+
+    checked = 0
+    for message in simulation.advance(config.start_ms + 15 * 60 * 1000):
+        document = orjson.loads(message.payload)
+        for sample in document["samples"]:
+            for name, value in sample["signals"].items():
+                low, high = ranges[(document["station_id"], name)]
+                assert low <= value <= high, (document["station_id"], name, value)
+                checked += 1
+    assert checked > 12 * 15 * 60 * 5 * 4 * 0.9
+
+
+def test_a_plant_seeded_before_keeps_its_own_ranges_and_gains_the_missing_signals(tmp_path):
+    _seed(tmp_path)
+    station = Station.objects.get(code="5")
+    station.signals.filter(name="motor_current").update(nominal_min=1.0, nominal_max=25.0)
+    station.signals.filter(name="spindle_temp").delete()
+
+    second = _seed(tmp_path)
+
+    assert "1 StationSignal" in second
+    current = station.signals.get(name="motor_current")
+    assert (current.nominal_min, current.nominal_max) == (1.0, 25.0)
+    assert station.signals.filter(name="spindle_temp").exists()
 
 
 def test_seed_demo_gives_vehicles_valid_vins_and_every_line_three_shifts(tmp_path):

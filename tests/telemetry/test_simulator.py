@@ -9,7 +9,11 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
+import re
+import signal
 import statistics
+import subprocess
+import sys
 import time
 
 import nats
@@ -23,10 +27,12 @@ from mes.demo import LINES, seed_demo_plant
 from mes.models import (
     AuditEntry,
     FirmwareFlash,
+    OutboxMessage,
     ProductionCount,
     QualityEvent,
     StationType,
     StationVisit,
+    Unit,
     WorkOrder,
 )
 from telemetry import payloads
@@ -55,6 +61,7 @@ from telemetry.simulator.signals import (
     signal_spec,
     station_generator,
 )
+from tests.support import REPO, process_environment, stop
 
 T0 = dt.datetime(2026, 3, 3, 6, 0, tzinfo=dt.UTC)
 T0_MS = int(T0.timestamp() * 1000)
@@ -404,6 +411,14 @@ def test_a_run_publishes_to_telemetry_and_records_the_plant_through_the_mes(
     assert {event.unit_id for event in steering} <= set(bad.values_list("unit_id", flat=True))
     assert WorkOrder.objects.filter(line__code="L1", status="in_progress").exists()
     assert ProductionCount.objects.filter(station__code="5", good=1).exists()
+    # A unit completes when it leaves end-of-line, and only then.
+    completed = Unit.objects.filter(status="completed")
+    assert completed.exists()
+    for unit in completed:
+        last = unit.visits.order_by("-arrived_at").first()
+        assert (last.station.code, last.left_at is not None) == ("6", True), unit
+    assert not Unit.objects.filter(status="completed", visits__left_at__isnull=True).exists()
+    assert {m.station_code for m in OutboxMessage.objects.filter(kind="unit.completed")} == {"6"}
 
     records = [json.loads(line) for line in truth_file.read_text().splitlines()]
     steering_truth = [r for r in records if r.get("defect") and r["defect"]["code"] == "steering"]
@@ -446,6 +461,56 @@ def test_single_sample_form_without_the_mes_publishes_one_message_per_sample(
     assert len(asyncio.run(_telemetry_after(before))) == 3000
 
 
+# The Procfile's arguments, with a rate report every second to see it running.
+PROCFILE_LIKE = ("--rate-hz=50", "--batch=10", "--report-every=1")
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda signum: signum.name
+)
+def test_the_procfile_simulator_runs_until_a_stop_signal_then_stops_cleanly_at_once(
+    signum, telemetry_stream
+):
+    """As `make run` starts it (no duration, real time, the MES on), and as honcho, Ctrl-C or a
+    closed terminal stop it: it drains in less than the 5 s honcho waits before SIGKILL."""
+    seed_demo_plant()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "simulate", *PROCFILE_LIKE, "--stations=7"],
+        cwd=REPO,
+        env=process_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started, deadline = [], time.monotonic() + 60
+        while time.monotonic() < deadline and not any(s.startswith("sim ") for s in started):
+            line = process.stdout.readline()
+            if not line:
+                break
+            started.append(line)
+        assert any(line.startswith("sim ") for line in started), "".join(started)
+        assert process.poll() is None  # no duration: it runs until stopped
+
+        signalled = time.monotonic()
+        process.send_signal(signum)
+        output, _ = process.communicate(timeout=30)
+        stopped_s = time.monotonic() - signalled
+    finally:
+        stop(process)
+
+    assert process.returncode == 0, output
+    assert stopped_s < 5, output
+    summary = re.search(
+        r"([\d,]+) messages \(([\d,]+) acked, 0 duplicates, 0 refused, 0 unacked", output
+    )
+    assert summary, output
+    assert summary[1] == summary[2] != "0"
+    assert re.search(r"MES records [\d,]+, errors 0", output), output
+    assert StationVisit.objects.filter(station__code="7").exists()
+
+
 @pytest.mark.django_db
 def test_when_the_demo_work_orders_run_out_new_ones_are_started_and_finished_ones_completed():
     seed_demo_plant()
@@ -467,9 +532,27 @@ def test_when_the_demo_work_orders_run_out_new_ones_are_started_and_finished_one
     assert set(demo.values_list("status", flat=True)) == {"completed"}
     new = WorkOrder.objects.get(external_id__startswith="SIM-L2-")
     assert (new.status, new.quantity, new.units.count()) == ("in_progress", 12, 12)
-    assert new.units.filter(status="in_progress").count() == 2  # units 25 and 26
+    assert new.units.filter(status="completed").count() == 2  # units 25 and 26
+    assert Unit.objects.filter(work_order__in=demo, status="completed").count() == 24
+    assert not Unit.objects.filter(status="in_progress").exists()
     assert StationVisit.objects.filter(station__code="7", left_at__isnull=False).count() == 26
     assert ProductionCount.objects.filter(station__code="7", good=1).count() == 26
+
+
+@pytest.mark.django_db
+def test_a_unit_whose_departure_was_refused_is_not_completed_and_the_refusal_is_counted():
+    seed_demo_plant()
+    sink = MesSink(plant_layout_load())
+    unit = SimUnit("L2", 1, UnitFaults())
+    # The MES refuses the departure (before the arrival), so the unit is still at station 12.
+    sink.apply([Arrive(unit, "12", T0_MS), Leave(unit, "12", T0_MS - 5000, T0_MS)])
+    errors = sink.report.errors
+
+    sink.apply([UnitDone(unit, T0_MS + 1000)])
+
+    assert sink.report.errors == errors + 1
+    assert "is at station 12" in sink.report.last_errors[-1]
+    assert Unit.objects.get(pk=sink.units[unit.key].pk).status == "in_progress"
 
 
 @pytest.mark.django_db

@@ -28,7 +28,9 @@ class Command(BaseCommand):
         "demo plant and users, then start every process in the Procfile (daphne, Celery worker "
         "and beat, stream workers) under honcho. Ctrl-C or SIGTERM stops the processes, then "
         "the embedded servers. AEGIS_PORT (default 8000) and AEGIS_BIND (default 127.0.0.1) "
-        "choose where the web server listens."
+        "choose where the web server listens. The plant simulator (Procfile process "
+        "`simulator`, AEGIS_SIMULATOR_RATE_HZ samples per second per station) runs only with the "
+        "demo plant: it records simulated units in the MES."
     )
 
     def add_arguments(self, parser):
@@ -49,7 +51,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--only",
             default="",
-            help="comma-separated Procfile process names to run (default: all of them)",
+            help="comma-separated Procfile process names to run (default: all of them, the "
+            "simulator only with the demo plant)",
+        )
+        parser.add_argument(
+            "--simulator",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=(
+                "run the plant simulator, which publishes telemetry and records simulated units, "
+                "visits and work orders in the MES (default: only with the demo plant, never "
+                "on another database unless asked)"
+            ),
         )
 
     def step(self, text: str) -> float:
@@ -59,7 +72,15 @@ class Command(BaseCommand):
     def done(self, started: float) -> None:
         self.stdout.write(f"    done in {time.monotonic() - started:.1f} s")
 
-    def handle(self, *args, demo: bool | None, procfile: str, only: str, **options):
+    def handle(
+        self,
+        *args,
+        demo: bool | None,
+        procfile: str,
+        only: str,
+        simulator: bool | None,
+        **options,
+    ):
         bind = os.environ.get("AEGIS_BIND", "127.0.0.1")
         port = _port_from_environment()
         launcher_lock = fasteners.InterProcessLock(str(settings.DATA_DIR / "run" / "launcher.lock"))
@@ -99,10 +120,11 @@ class Command(BaseCommand):
 
         environment = self._process_environment(bind, port)
         processes = parse_procfile(Path(procfile).read_text()).processes
-        wanted = [name.strip() for name in only.split(",") if name.strip()] or list(processes)
-        unknown = sorted(set(wanted) - set(processes))
+        chosen = [name.strip() for name in only.split(",") if name.strip()]
+        unknown = sorted(set(chosen) - set(processes))
         if unknown:
             raise CommandError(f"--only names processes not in {procfile}: {', '.join(unknown)}")
+        wanted = processes_to_run(list(processes), only=chosen, demo=demo, simulator=simulator)
 
         wildcard = bind in ("0.0.0.0", "::")  # noqa: S104 - only to print a reachable URL
         url = f"http://{'127.0.0.1' if wildcard else bind}:{port}/"
@@ -110,7 +132,13 @@ class Command(BaseCommand):
         self.stdout.write(
             "    sign in with a demo user above; /admin/ for administration, /readyz for health"
         )
-        self.stdout.write(f"    processes: {', '.join(wanted)} (Ctrl-C stops everything)\n")
+        self.stdout.write(f"    processes: {', '.join(wanted)} (Ctrl-C stops everything)")
+        left_out = sorted((DEMO_ONLY & set(processes)) - set(wanted))
+        if left_out and not chosen and simulator is None:
+            self.stdout.write(
+                f"    left out: {', '.join(left_out)} (not the demo plant; --simulator runs it)"
+            )
+        self.stdout.write("")
         sys.stdout.flush()
 
         manager = Manager()
@@ -144,6 +172,23 @@ class Command(BaseCommand):
             }
         )
         return environment
+
+
+# Procfile processes for the demo plant only: the simulator writes simulated units, visits and
+# work orders into the MES, which must never happen to a plant's database unasked.
+DEMO_ONLY = frozenset({"simulator"})
+
+
+def processes_to_run(
+    processes: list[str], *, only: list[str], demo: bool, simulator: bool | None
+) -> list[str]:
+    """The Procfile processes to start, in Procfile order: those `--only` names, else all of
+    them but the demo-only ones when the demo plant is not in use; `--simulator` and
+    `--no-simulator` add or drop the simulator either way."""
+    wanted = set(only) if only else {name for name in processes if name not in DEMO_ONLY or demo}
+    if simulator is not None:
+        wanted = wanted | DEMO_ONLY if simulator else wanted - DEMO_ONLY
+    return [name for name in processes if name in wanted]
 
 
 def _port_from_environment() -> int:
