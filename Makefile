@@ -6,7 +6,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format stop-services clean-data
+.PHONY: run test bench lint format stop-services clean-data
 
 run: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py run
@@ -15,6 +15,10 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# Measure the telemetry ingest on this machine (docs/benchmarks.md).
+bench: $(VENV)/.runtime-installed
+	$(BIN)/python manage.py bench_ingest
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

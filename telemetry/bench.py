@@ -734,6 +734,9 @@ def run(sizes: BenchSizes, progress: Progress) -> dict:
             measured["batched_ratio_vs_raw_copy"] = measured["batched_samples_per_s"] / (
                 raw_copy_rate
             )
+            for count in sizes.workers:  # the floor is one session: 2 workers can pass it
+                run_rate = measured["runs"]["batched"][f"workers_{count}"]["samples_per_s"]
+                measured[f"batched_{count}_workers_ratio_vs_raw_copy"] = run_rate / raw_copy_rate
             result["by_sync_interval"][sync_interval] = measured
         headline = result["by_sync_interval"][sizes.sync_intervals[0]]
         result.update({k: v for k, v in headline.items() if k != "runs"})

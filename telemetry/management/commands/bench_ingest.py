@@ -33,6 +33,20 @@ def _counts(text: str) -> tuple[int, ...]:
     return values
 
 
+# BenchSizes fields set from the command line: (field, type, help).
+SIZE_OPTIONS = (
+    ("stations", int, "stations of the plant"),
+    ("batched_samples", int, "samples published as batched messages (100 samples each)"),
+    ("single_messages", int, "single-sample messages published"),
+    ("latency_rate", int, "samples/s published during the latency run"),
+    ("latency_seconds", float, "length of the latency run (600: the 10-minute memory check)"),
+    ("latency_samples_per_message", int, "samples per message in the latency run"),
+    ("workers", _counts, "worker process counts to measure, e.g. 1,2"),
+    ("batch_size", int, "worker batch size (default: the worker's)"),
+    ("batch_wait_ms", int, "worker batch wait in ms (default: the worker's)"),
+)
+
+
 class Command(BaseCommand):
     help = (
         "Measure the telemetry ingest on this machine: the raw COPY floor into a scratch copy "
@@ -48,53 +62,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         defaults = bench.BenchSizes()
         parser.add_argument("--json", action="store_true", help="print one JSON object")
-        parser.add_argument(
-            "--stations", type=int, default=defaults.stations, help="stations of the plant"
-        )
-        parser.add_argument(
-            "--batched-samples",
-            type=int,
-            default=defaults.batched_samples,
-            help="samples published as batched messages (100 samples each)",
-        )
-        parser.add_argument(
-            "--single-messages",
-            type=int,
-            default=defaults.single_messages,
-            help="single-sample messages published",
-        )
-        parser.add_argument(
-            "--latency-rate",
-            type=int,
-            default=defaults.latency_rate,
-            help="samples/s published during the latency run",
-        )
-        parser.add_argument(
-            "--latency-seconds",
-            type=float,
-            default=defaults.latency_seconds,
-            help="length of the latency run (600: the 10-minute memory check)",
-        )
-        parser.add_argument(
-            "--latency-samples-per-message",
-            type=int,
-            default=defaults.latency_samples_per_message,
-            help="samples per message in the latency run (a station's flush)",
-        )
-        parser.add_argument(
-            "--workers",
-            type=_counts,
-            default=defaults.workers,
-            help="worker process counts to measure, e.g. 1,2",
-        )
+        for field, kind, help_text in SIZE_OPTIONS:
+            default = getattr(defaults, field)
+            if isinstance(default, tuple):
+                help_text += f" (default {','.join(map(str, default))})"
+            elif default is not None:
+                help_text += f" (default {default:g})"
+            parser.add_argument(
+                f"--{field.replace('_', '-')}", type=kind, default=default, help=help_text
+            )
         parser.add_argument(
             "--sync-intervals",
             default=",".join(defaults.sync_intervals),
             help="NATS sync_interval settings, the first is the headline (default always,2m)",
-        )
-        parser.add_argument("--batch-size", type=int, default=None, help="worker batch size")
-        parser.add_argument(
-            "--batch-wait-ms", type=int, default=None, help="worker batch wait in ms"
         )
         # The worker processes of a run: `manage.py bench_ingest --serve-worker <table>`.
         parser.add_argument("--serve-worker", metavar="TABLE", help=argparse.SUPPRESS)
@@ -103,16 +83,8 @@ class Command(BaseCommand):
         if options["serve_worker"]:
             return self._serve_worker(options)
         sizes = bench.BenchSizes(
-            stations=options["stations"],
-            batched_samples=options["batched_samples"],
-            single_messages=options["single_messages"],
-            latency_rate=options["latency_rate"],
-            latency_seconds=options["latency_seconds"],
-            latency_samples_per_message=options["latency_samples_per_message"],
-            workers=options["workers"],
+            **{field: options[field] for field, _, _ in SIZE_OPTIONS},
             sync_intervals=tuple(v for v in options["sync_intervals"].split(",") if v),
-            batch_size=options["batch_size"],
-            batch_wait_ms=options["batch_wait_ms"],
         )
         self._validate(sizes)
         self._migrate()
