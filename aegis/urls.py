@@ -22,6 +22,7 @@ urlpatterns = [
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("api/v1/webhooks/", include("mes.webhooks.urls")),
+    path("api/v1/foresight/", include("foresight.api.urls")),
     path("api/v1/", include("mes.api.urls")),
 ]
 

@@ -17,6 +17,13 @@ state in the KV bucket `mes_station_state`. The rules that make it lossless and 
   messages; it carries the stream sequence it has folded up to, so re-applying a message is a
   no-op and a document left behind by a crash is caught up from the stream.
 
+Foresight's registry events and defect alerts leave through the same outbox on their own
+subjects (mes/outbox.py): each row goes to the stream that holds its subject, and only MES-state
+rows are folded into station documents. A registry event's `models` (the station's production
+and shadow versions) is also written to the KV bucket `foresight_models` under the station's
+code before the row counts as published, so the scorers' bucket never lags a marked row; the
+entry carries the event's stream sequence and an older event never overwrites a newer one.
+
 docs/mes-state.md describes the contract for consumers and how to operate the relay.
 """
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -47,6 +55,7 @@ import aegis.observability.metrics  # noqa: F401 - names this process's metric f
 from aegis import jetstream
 from aegis.stopping import StopsOnSignals
 from mes.models import OutboxMessage
+from mes.outbox import REGISTRY_BUCKET, REGISTRY_SUBJECT
 
 logger = structlog.get_logger(__name__)
 
@@ -553,6 +562,55 @@ class StationStates:
         self.dirty.clear()
 
 
+# -- other streams: where a subject goes, and the registry's KV entry -----------------------------
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: `*` is one token, a final `>` one or more."""
+    wanted, parts = pattern.split("."), subject.split(".")
+    for index, part in enumerate(wanted):
+        if part == ">":
+            return len(parts) > index
+        if index >= len(parts) or part not in ("*", parts[index]):
+            return False
+    return len(parts) == len(wanted)
+
+
+@functools.cache
+def stream_for(subject: str) -> str | None:
+    """The declared stream whose subjects cover `subject` (aegis/jetstream.py)."""
+    for spec in jetstream.streams():
+        if any(_subject_matches(pattern, subject) for pattern in spec.subjects):
+            return spec.name
+    return None
+
+
+def is_mes_state(subject: str) -> bool:
+    return subject.startswith(f"{jetstream.MES_STATE_SUBJECT_PREFIX}.")
+
+
+async def registry_state_put(js: JetStreamContext, row: PendingMessage, seq: int) -> bool:
+    """Mirror a registry event's `models` into the scorers' bucket (key: station code).
+
+    Returns False when the entry already holds this event or a later one (a re-published row).
+    A concurrent writer makes the update fail, and the row is retried.
+    """
+    models = row.payload.get("models")
+    if not isinstance(models, dict):
+        return False  # an event that does not say what the station runs changes nothing
+    kv = await js.key_value(REGISTRY_BUCKET)
+    document = orjson.dumps({**models, "seq": seq, "outbox_id": row.id})
+    try:
+        entry = await kv.get(row.station_code)
+    except nats.js.errors.KeyNotFoundError:
+        await kv.create(row.station_code, document)
+        return True
+    if orjson.loads(entry.value).get("seq", 0) >= seq:
+        return False
+    await kv.update(row.station_code, document, last=entry.revision)
+    return True
+
+
 # -- the relay --------------------------------------------------------------------------------
 
 
@@ -798,7 +856,10 @@ class OutboxRelay(StopsOnSignals):
                         report.duplicates += 1
                     else:
                         OUTBOX_LATENCY.observe(max(0.0, now - row.created_at.timestamp()))
-                    self.states.apply(row.station_code, row.payload, seq=ack.seq, outbox_id=row.id)
+                    if is_mes_state(row.subject):
+                        self.states.apply(
+                            row.station_code, row.payload, seq=ack.seq, outbox_id=row.id
+                        )
                 if failure is not None:
                     row, error = failure
                     reason = "nats_unavailable" if isinstance(error, _UNAVAILABLE) else "rejected"
@@ -846,9 +907,11 @@ class OutboxRelay(StopsOnSignals):
                     row.subject,
                     orjson.dumps(row.payload),
                     timeout=self.publish_timeout_s,
-                    stream=jetstream.MES_STATE_STREAM,
+                    stream=stream_for(row.subject),
                     headers={"Nats-Msg-Id": f"{MSG_ID_PREFIX}{row.id}"},
                 )
+                if row.subject == REGISTRY_SUBJECT:
+                    await registry_state_put(self.js, row, ack.seq)
             except (TimeoutError, nats.errors.Error) as error:
                 return acknowledged, (row, error)
             acknowledged.append((row, ack))

@@ -39,7 +39,16 @@ READABLE_MODELS = (
     "defectcode",
     "qualityevent",
 )
-VIEW_ALL = [f"mes.view_{model}" for model in READABLE_MODELS]
+VIEW_ALL = [f"mes.view_{model}" for model in READABLE_MODELS] + [
+    # Foresight's model registry, scores and defect alerts are read by everyone who reads the MES.
+    "foresight.view_modelversion",
+    "foresight.view_score",
+    "foresight.view_defectalert",
+]
+# Managing Foresight models (docs/foresight.md) and answering its alerts.
+MODEL_LIFECYCLE = ["foresight.promote_modelversion", "foresight.rollback_modelversion"]
+ACKNOWLEDGE_ALERTS = ["foresight.acknowledge_defectalert"]
+RESOLVE_ALERTS = ["foresight.resolve_defectalert"]
 
 
 def _crud(*models: str) -> list[str]:
@@ -59,7 +68,7 @@ SHOP_FLOOR = [
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {
-    OPERATOR: VIEW_ALL + SHOP_FLOOR,
+    OPERATOR: VIEW_ALL + SHOP_FLOOR + ACKNOWLEDGE_ALERTS,
     SUPERVISOR: VIEW_ALL
     + SHOP_FLOOR
     + [
@@ -68,14 +77,18 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "mes.cancel_workorder",
         "mes.add_unit",
         *_crud("shiftpattern", "shifttemplate", "shift", "shiftbreak"),
-    ],
+    ]
+    + ACKNOWLEDGE_ALERTS
+    + RESOLVE_ALERTS,
     QUALITY_ENGINEER: [
         *VIEW_ALL,
         "mes.add_qualityevent",
         "mes.change_qualityevent",
         *_crud("defectcode"),
+        *ACKNOWLEDGE_ALERTS,
+        *RESOLVE_ALERTS,
     ],
-    ML_ENGINEER: VIEW_ALL,
+    ML_ENGINEER: VIEW_ALL + MODEL_LIFECYCLE,
     # A machine account: pushes shop-floor facts and work-order lifecycle, reads the MES,
     # and nothing about people.
     INTEGRATOR: VIEW_ALL
@@ -105,18 +118,32 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "auth.add_user",
         "auth.change_user",
         "auth.view_group",
+        *MODEL_LIFECYCLE,
+        *ACKNOWLEDGE_ALERTS,
+        *RESOLVE_ALERTS,
     ],
 }
 
 
 def sync_roles(group_model, permission_model) -> None:
-    """Create each role's group and set exactly its permissions (idempotent)."""
+    """Create each role's group and set exactly its permissions (idempotent).
+
+    Permissions of an app whose models do not exist yet (Foresight's, while the MES migrations
+    run) are skipped: that app's own migration calls this again once they exist. Any other
+    missing permission is an error (a typo in the table above).
+    """
+    content_type_model = permission_model._meta.get_field("content_type").related_model
     for role, codenames in ROLE_PERMISSIONS.items():
         group, _ = group_model.objects.get_or_create(name=role)
         permissions = []
         for dotted in sorted(set(codenames)):
             app_label, codename = dotted.split(".")
-            permissions.append(
-                permission_model.objects.get(content_type__app_label=app_label, codename=codename)
-            )
+            permission = permission_model.objects.filter(
+                content_type__app_label=app_label, codename=codename
+            ).first()
+            if permission is None:
+                if not content_type_model.objects.filter(app_label=app_label).exists():
+                    continue  # the app's models do not exist yet
+                raise permission_model.DoesNotExist(f"no permission {dotted}")
+            permissions.append(permission)
         group.permissions.set(permissions)

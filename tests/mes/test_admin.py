@@ -18,6 +18,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from foresight import registry
+from foresight.models import ModelVersion
 from mes import services
 from mes.audit import audit_context, audit_record
 from mes.demo import seed_demo_plant
@@ -165,6 +167,24 @@ def shop_floor(plant):
         payload={"serial": unit.serial, "station": "1"},
         response_status=201,
         response_body={"visit": 1},
+    )
+    model = ModelVersion.objects.create(
+        version="pca_t2q-2-admin",
+        station=second,
+        kind="pca_t2q",
+        feature_spec={},
+        threshold=1.0,
+        training_start=start,
+        training_end=start,
+        artifact_path="00/none.onnx",
+        sha256="0" * 64,
+    )
+    registry.raise_alert(
+        station=second,
+        ts=start + dt.timedelta(minutes=7),
+        score=2.0,
+        threshold=1.0,
+        model_version=model,
     )
     return unit
 
