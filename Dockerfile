@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --gid 10001 aegis \
     && useradd --uid 10001 --gid aegis --no-create-home --home-dir /var/lib/aegis \
         --shell /usr/sbin/nologin aegis \
-    && install -d -o aegis -g aegis -m 0750 /var/lib/aegis /var/lib/aegis/beat \
+    && install -d -o aegis -g aegis -m 0750 /var/lib/aegis /var/lib/aegis/beat /var/lib/aegis/artifacts \
     && install -d -o aegis -g aegis -m 0750 /run/aegis-metrics
 
 WORKDIR /app

@@ -53,7 +53,9 @@ import nats.js.errors
 import orjson
 import psutil
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 from nats.aio.client import Client
 from psycopg import sql
 
@@ -278,7 +280,7 @@ def private_nats(sync_interval: str) -> Iterator[str]:
             server.stop(running)
 
 
-async def _connect(url: str) -> Client:
+async def connect_to(url: str) -> Client:
     return await nats.connect(url, name="aegis-bench", max_reconnect_attempts=0)
 
 
@@ -311,7 +313,7 @@ async def _pause(client: Client, paused: bool) -> None:
 
 async def _publish(url: str, messages: list) -> float:
     """Publish with acks; returns messages per second."""
-    client = await _connect(url)
+    client = await connect_to(url)
     publisher = TelemetryPublisher(client, max_pending=2_000)
     await publisher.start()
     started = time.perf_counter()
@@ -373,7 +375,7 @@ async def raw_copy(table: ScratchTable, batches: list[CopyRows]) -> float:
 
 async def raw_consume(url: str, total: int, batch_size: int) -> float:
     """Messages per second pulled and acknowledged with nats-py, nothing else done."""
-    client = await _connect(url)
+    client = await connect_to(url)
     js = client.jetstream()
     durable = "bench-raw"
     await _recreate_consumer(js, durable)
@@ -412,15 +414,11 @@ def _database_url() -> str:
     return f"postgresql://{credentials}{host}{port}/{p['NAME']}"
 
 
-class WorkerProcesses:
-    """`manage.py bench_ingest --serve-worker TABLE` processes on the run's nats-server."""
+class BenchProcesses:
+    """Processes of a run (`manage.py …`, daphne) against the run's nats-server and this
+    process's database; each one's output goes to a temporary file."""
 
-    def __init__(self, count: int, *, nats_url: str, table: str, sizes: BenchSizes) -> None:
-        arguments = [sys.executable, "manage.py", "bench_ingest", "--serve-worker", table]
-        if sizes.batch_size:
-            arguments += ["--batch-size", str(sizes.batch_size)]
-        if sizes.batch_wait_ms:
-            arguments += ["--batch-wait-ms", str(sizes.batch_wait_ms)]
+    def __init__(self, commands: list[list[str]], *, nats_url: str) -> None:
         environment = dict(os.environ)
         environment.update(
             {
@@ -430,34 +428,37 @@ class WorkerProcesses:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        self.logs = [tempfile.TemporaryFile(mode="w+") for _ in range(count)]  # noqa: SIM115
+        self.logs = [tempfile.TemporaryFile(mode="w+") for _ in commands]  # noqa: SIM115
         self.processes = [
             subprocess.Popen(
-                arguments,
+                command,
                 cwd=settings.BASE_DIR,
                 env=environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-            for log in self.logs
+            for command, log in zip(commands, self.logs, strict=True)
         ]
 
     def check_alive(self) -> None:
         for process, log in zip(self.processes, self.logs, strict=True):
             if process.poll() is not None:
                 log.seek(0)
-                raise RuntimeError(f"a worker exited with {process.returncode}:\n{log.read()}")
+                raise RuntimeError(
+                    f"{' '.join(process.args[1:4])} exited with {process.returncode}:\n"
+                    f"{log.read()[-4000:]}"
+                )
 
     def rss_bytes(self) -> int:
         return sum(psutil.Process(p.pid).memory_info().rss for p in self.processes)
 
-    def stop(self) -> list[dict]:
-        """SIGTERM, then the totals each worker printed last."""
+    def stop(self) -> list[str]:
+        """SIGTERM every process, wait for it, and return what each printed."""
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        totals = []
+        outputs = []
         for process, log in zip(self.processes, self.logs, strict=True):
             try:
                 process.wait(60)
@@ -465,11 +466,34 @@ class WorkerProcesses:
                 process.kill()
                 process.wait(10)
             log.seek(0)
-            output = log.read()
+            outputs.append(log.read())
             log.close()
+        return outputs
+
+
+def manage(*arguments: str) -> list[str]:
+    return [sys.executable, "manage.py", *arguments]
+
+
+class WorkerProcesses(BenchProcesses):
+    """`manage.py bench_ingest --serve-worker TABLE` processes: `IngestWorker` as `manage.py
+    ingest` runs it, writing into the scratch table."""
+
+    def __init__(self, count: int, *, nats_url: str, table: str, sizes: BenchSizes) -> None:
+        arguments = manage("bench_ingest", "--serve-worker", table)
+        if sizes.batch_size:
+            arguments += ["--batch-size", str(sizes.batch_size)]
+        if sizes.batch_wait_ms:
+            arguments += ["--batch-wait-ms", str(sizes.batch_wait_ms)]
+        super().__init__([arguments] * count, nats_url=nats_url)
+
+    def totals(self) -> list[dict]:
+        """Stop the workers; the totals each printed last."""
+        totals = []
+        for output in self.stop():
             lines = [line for line in output.splitlines() if line.startswith('{"bench_worker"')]
             if not lines:
-                raise RuntimeError(f"a worker ended without its totals:\n{output}")
+                raise RuntimeError(f"a worker ended without its totals:\n{output[-4000:]}")
             totals.append(orjson.loads(lines[-1])["bench_worker"])
         return totals
 
@@ -504,7 +528,7 @@ async def drain(
     sizes: BenchSizes,
 ) -> DrainResult:
     """Real worker processes drain the stream into the scratch table (emptied before)."""
-    client = await _connect(url)
+    client = await connect_to(url)
     js = client.jetstream()
     state = (await js.stream_info(TELEMETRY_STREAM)).state
     if state.messages != messages:
@@ -529,7 +553,7 @@ async def drain(
             raise RuntimeError(f"the workers did not drain {messages} messages in time")
         seconds = time.perf_counter() - started
     finally:
-        totals = processes.stop()
+        totals = processes.totals()
     dead = (await js.stream_info("DEAD_LETTERS")).state.messages - dead_before
     await client.close()
     return DrainResult(
@@ -570,7 +594,7 @@ async def latency(
 ) -> LatencyResult:
     """Publish live samples at a fixed rate to one worker; publish → acknowledged per message
     (the scratch table is emptied before)."""
-    client = await _connect(url)
+    client = await connect_to(url)
     js = client.jetstream()
     await js.purge_stream(TELEMETRY_STREAM)
     await _recreate_consumer(js)
@@ -652,6 +676,15 @@ async def latency(
 
 
 # -- the whole run -----------------------------------------------------------------------------
+
+
+def migrate_if_needed(say: Callable[[str], None]) -> None:
+    """A fresh clone's database has no tables yet: migrate it as `make run` would."""
+    executor = MigrationExecutor(connection)
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    if plan:
+        say(f"applying {len(plan)} migrations first")
+        call_command("migrate", verbosity=0)
 
 
 def machine() -> dict:
@@ -761,7 +794,7 @@ def _measure_on(
     with_latency: bool,
 ) -> dict:
     async def provision() -> None:
-        client = await _connect(url)
+        client = await connect_to(url)
         await jetstream.provision(client.jetstream(), 1)
         await client.close()
 
@@ -868,7 +901,7 @@ def _measure_on(
 
 
 async def _purge(url: str) -> None:
-    client = await _connect(url)
+    client = await connect_to(url)
     js = client.jetstream()
     await js.purge_stream(TELEMETRY_STREAM)
     await js.purge_stream("DEAD_LETTERS")

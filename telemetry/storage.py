@@ -44,7 +44,6 @@ COLUMNS = (
     "firmware",
     "signals",
 )
-INCOMING = "telemetry_sample_incoming"  # per-session temporary table of the idempotent path
 
 # Errors by which the server refuses the data itself; retrying the same rows cannot help.
 REFUSED = (psycopg.DataError, psycopg.IntegrityError)
@@ -163,12 +162,10 @@ def database_parameters(alias: str = "default") -> dict:
     return parameters
 
 
-_COLUMNS_SQL = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
-
-
 @dataclass(frozen=True)
 class _Statements:
-    """The statements of one target table (telemetry_sample, or a scratch copy for benchmarks)."""
+    """The statements of one target table: telemetry_sample, a scratch copy of it for
+    benchmarks, or another table written the same way (Foresight's scores)."""
 
     copy: sql.Composed
     copy_incoming: sql.Composed
@@ -177,12 +174,14 @@ class _Statements:
     insert_new: sql.Composed
 
     @classmethod
-    def for_table(cls, table: str) -> _Statements:
-        target, incoming = sql.Identifier(table), sql.Identifier(INCOMING)
+    def for_table(cls, table: str, columns: tuple[str, ...]) -> _Statements:
+        # The idempotent path's per-session temporary table.
+        target, incoming = sql.Identifier(table), sql.Identifier(f"{table}_incoming")
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
         copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)")
         return cls(
-            copy=copy.format(target, _COLUMNS_SQL),
-            copy_incoming=copy.format(incoming, _COLUMNS_SQL),
+            copy=copy.format(target, names),
+            copy_incoming=copy.format(incoming, names),
             create_incoming=sql.SQL(
                 "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
                 "ON COMMIT DELETE ROWS"
@@ -191,17 +190,22 @@ class _Statements:
             insert_new=sql.SQL(
                 "INSERT INTO {table} ({columns}) SELECT {columns} FROM {incoming} "
                 "ON CONFLICT DO NOTHING"
-            ).format(table=target, columns=_COLUMNS_SQL, incoming=incoming),
+            ).format(table=target, columns=names, incoming=incoming),
         )
 
 
 class SampleStore:
-    """The worker's one PostgreSQL session (psycopg 3, async, autocommit)."""
+    """The worker's one PostgreSQL session (psycopg 3, async, autocommit).
 
-    def __init__(self, parameters: dict, *, table: str = TABLE) -> None:
+    `write` takes any rows object with `len()`, `payload(start, end)` (binary COPY data of the
+    table's `columns`) and `spans` (each message's rows), like `CopyRows`."""
+
+    def __init__(
+        self, parameters: dict, *, table: str = TABLE, columns: tuple[str, ...] = COLUMNS
+    ) -> None:
         self.parameters = parameters
         self.table = table
-        self._sql = _Statements.for_table(table)
+        self._sql = _Statements.for_table(table, columns)
         self.connection: psycopg.AsyncConnection | None = None
 
     @property

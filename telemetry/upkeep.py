@@ -42,9 +42,12 @@ ON CONFLICT (station_id, signal, bucket) DO UPDATE SET
 """
 
 DELETE_EXPIRED_SQL = """
-DELETE FROM telemetry_sample
-WHERE ctid = ANY (ARRAY(SELECT ctid FROM telemetry_sample WHERE ts < %(cutoff)s LIMIT %(limit)s))
+DELETE FROM {table}
+WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE ts < %(cutoff)s LIMIT %(limit)s))
 """
+# Tables whose rows live as long as the telemetry they come from (Foresight's scores: a
+# backtest scores stored telemetry again, so older scores serve nothing).
+ALONGSIDE_TELEMETRY = ("foresight_score",)
 DELETE_EXPIRED_ROLLUPS_SQL = "DELETE FROM telemetry_rollup_1m WHERE bucket < %(cutoff)s"
 
 
@@ -85,17 +88,31 @@ def retention_enforce(
     now = now or timezone.now()
     hours = settings.TELEMETRY_RETENTION_HOURS
     cutoff = now - dt.timedelta(hours=hours)
-    deleted = 0
+    deleted = scores_deleted = 0
     with connection.cursor() as cursor:
         hypertable = timescale.enabled(cursor)
         if hypertable:
             timescale.set_retention(cursor, hours)
         else:
-            for _ in range(max_batches):
-                with transaction.atomic():
-                    cursor.execute(DELETE_EXPIRED_SQL, {"cutoff": cutoff, "limit": batch})
-                    deleted += cursor.rowcount
-                if cursor.rowcount < batch:
-                    break
+            deleted = _delete_before(cursor, "telemetry_sample", cutoff, batch, max_batches)
+        for table in ALONGSIDE_TELEMETRY:
+            scores_deleted += _delete_before(cursor, table, cutoff, batch, max_batches)
         cursor.execute(DELETE_EXPIRED_ROLLUPS_SQL, {"cutoff": now - dt.timedelta(hours=10 * hours)})
-    return {"cutoff": cutoff, "samples_deleted": deleted, "timescaledb": hypertable}
+    return {
+        "cutoff": cutoff,
+        "samples_deleted": deleted,
+        "scores_deleted": scores_deleted,
+        "timescaledb": hypertable,
+    }
+
+
+def _delete_before(cursor, table: str, cutoff: dt.datetime, batch: int, max_batches: int) -> int:
+    deleted = 0
+    statement = DELETE_EXPIRED_SQL.format(table=table)  # a constant table name, never input
+    for _ in range(max_batches):
+        with transaction.atomic():
+            cursor.execute(statement, {"cutoff": cutoff, "limit": batch})
+            deleted += cursor.rowcount
+        if cursor.rowcount < batch:
+            break
+    return deleted

@@ -305,7 +305,7 @@ def test_production_settings_refuse_the_example_secret_key_and_accept_a_real_one
 # -- Aegis services -------------------------------------------------------------------------
 
 
-def test_app_services_are_the_procfile_processes_plus_migrate_and_the_pipeline(app_services):
+def test_app_services_are_the_procfile_processes_plus_migrate(app_services):
     procfile_processes = {
         line.partition(":")[0].strip()
         for line in PROCFILE.read_text().splitlines()

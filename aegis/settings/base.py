@@ -104,6 +104,13 @@ TELEMETRY_RETENTION_HOURS = env.integer("AEGIS_TELEMETRY_RETENTION_HOURS", 24, m
 # or after this wait, whichever comes first.
 INGEST_BATCH_SIZE = env.integer("AEGIS_INGEST_BATCH_SIZE", 500, minimum=1, maximum=10_000)
 INGEST_BATCH_WAIT_MS = env.integer("AEGIS_INGEST_BATCH_WAIT_MS", 250, minimum=1, maximum=60_000)
+# Foresight's ONNX model files (foresight/artifacts.py): every web, worker and scorer process
+# must see the same directory (one host's disk, or a shared volume).
+FORESIGHT_ARTIFACT_DIR = (
+    Path(env.string("AEGIS_FORESIGHT_ARTIFACT_DIR", str(DATA_DIR / "foresight" / "artifacts")))
+    .expanduser()
+    .resolve()
+)
 
 CACHES = {
     "default": {
@@ -116,7 +123,14 @@ CACHES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "aegis:channels"},
+        "CONFIG": {
+            # redis-py 8 times out every read after 5 s by default, which is exactly how long
+            # channels-redis blocks in BZPOPMIN waiting for a message: an idle websocket's
+            # consumer would die every few seconds. Reads may take a little longer than that
+            # block; a dead Redis is still noticed within 15 s.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            "prefix": "aegis:channels",
+        },
     }
 }
 

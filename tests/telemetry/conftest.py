@@ -45,22 +45,25 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> floa
 # -- the topology ---------------------------------------------------------------------------
 
 
-async def reset_telemetry_streams(*, ack_wait_s: float | None = None) -> None:
-    """Provisioned topology, TELEMETRY and DEAD_LETTERS empty, a fresh `ingest` consumer
-    (optionally with a short ack_wait, so a killed worker's messages come back quickly)."""
+async def reset_telemetry_streams(
+    *, ack_wait_s: float | None = None, consumers: tuple[str, ...] = (CONSUMER,)
+) -> None:
+    """Provisioned topology, TELEMETRY and DEAD_LETTERS empty, fresh `consumers` (`ingest`;
+    optionally with a short ack_wait, so a killed worker's messages come back quickly)."""
     client = await jetstream.connect("test", allow_reconnect=False)
     try:
         js = client.jetstream()
         await jetstream.provision(js, replicas=1)
         await js.purge_stream(TELEMETRY_STREAM)
         await js.purge_stream(DEAD_LETTER_STREAM)
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_consumer(TELEMETRY_STREAM, CONSUMER)
-        (spec,) = [s for s in jetstream.consumers() if s.durable == CONSUMER]
-        config = spec.config(replicas=1)
-        if ack_wait_s is not None:
-            config.ack_wait = ack_wait_s
-        await js.add_consumer(TELEMETRY_STREAM, config)
+        for durable in consumers:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_consumer(TELEMETRY_STREAM, durable)
+            (spec,) = [s for s in jetstream.consumers() if s.durable == durable]
+            config = spec.config(replicas=1)
+            if ack_wait_s is not None:
+                config.ack_wait = ack_wait_s
+            await js.add_consumer(TELEMETRY_STREAM, config)
     finally:
         await client.close()
 

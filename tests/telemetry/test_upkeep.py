@@ -66,12 +66,22 @@ def test_retention_deletes_only_expired_samples_in_batches(settings):
     for n in range(5):
         _insert(5, T0 + dt.timedelta(seconds=n), torque=1.0)  # 2 days old
     _insert(5, now - dt.timedelta(hours=1), torque=2.0)
+    with connection.cursor() as cursor:
+        for at in (T0, now - dt.timedelta(hours=1)):  # a score of each age, model 0 and 3
+            cursor.execute(
+                "INSERT INTO foresight_score (station_id, ts, seq, model_version_id, score, shadow)"
+                " VALUES (5, %s, 0, 0, 0.5, false), (5, %s, 0, 3, 0.7, true)",
+                [at, at],
+            )
     result = upkeep.retention_enforce(now=now, batch=2)
     assert result["samples_deleted"] == 5
+    assert result["scores_deleted"] == 2
     assert result["timescaledb"] is False
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM telemetry_sample")
         assert cursor.fetchone()[0] == 1
+        cursor.execute("SELECT count(*) FROM foresight_score")
+        assert cursor.fetchone()[0] == 2
 
 
 def test_the_embedded_server_has_no_timescaledb_and_stays_a_plain_table():

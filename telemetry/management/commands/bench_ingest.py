@@ -4,10 +4,7 @@ import os
 import sys
 
 import orjson
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from aegis.observability.metrics import mark_process_dead
 from telemetry import bench
@@ -87,7 +84,7 @@ class Command(BaseCommand):
             sync_intervals=tuple(v for v in options["sync_intervals"].split(",") if v),
         )
         self._validate(sizes)
-        self._migrate()
+        bench.migrate_if_needed(self.stderr.write)
         stream = sys.stderr if options["json"] else self.stdout
 
         def progress(line: str) -> None:
@@ -102,14 +99,6 @@ class Command(BaseCommand):
             self.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         else:
             self._table(result)
-
-    def _migrate(self) -> None:
-        """A fresh clone's database has no tables yet: migrate it as `make run` would."""
-        executor = MigrationExecutor(connection)
-        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
-        if plan:
-            self.stderr.write(f"applying {len(plan)} migrations first")
-            call_command("migrate", verbosity=0)
 
     def _validate(self, sizes: bench.BenchSizes) -> None:
         problems = []

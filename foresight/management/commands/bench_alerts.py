@@ -1,0 +1,83 @@
+import orjson
+from django.core.management.base import BaseCommand, CommandError
+
+from foresight import bench
+from telemetry import bench as ingest_bench
+
+TARGET_P99_MS = 250.0  # the target at 20,000 samples/s, printed beside the result
+
+
+class Command(BaseCommand):
+    help = (
+        "Measure publish → alert at a websocket client: on a nats-server of its own, start "
+        "daphne, the Foresight scorer and an ingest worker, publish 20,000 samples/s of "
+        "background telemetry from a throwaway plant, inject an obvious fault every half "
+        "second, and time each from just before its publish to the defect.alert a signed-in "
+        "websocket receives. Prints a summary, or with --json one JSON object (keys "
+        "alert_latency_p50_ms, alert_latency_p99_ms, background_samples_per_s, "
+        "alerts_expected, alerts_received, …). Everything the run creates is removed "
+        "afterwards. See docs/benchmarks.md."
+    )
+
+    def add_arguments(self, parser):
+        defaults = bench.AlertBenchSizes()
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+        parser.add_argument(
+            "--rate",
+            type=int,
+            default=defaults.rate,
+            help="background samples/s (default %(default)s)",
+        )
+        parser.add_argument(
+            "--seconds",
+            type=float,
+            default=defaults.seconds,
+            help="length of the run (default %(default)s)",
+        )
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=defaults.interval_s,
+            help="seconds between injected faults (default %(default)s)",
+        )
+        parser.add_argument(
+            "--stations", type=int, default=defaults.stations, help="stations (default %(default)s)"
+        )
+
+    def handle(self, *args, **options):
+        sizes = bench.AlertBenchSizes(
+            stations=options["stations"],
+            rate=options["rate"],
+            seconds=options["seconds"],
+            interval_s=options["interval"],
+        )
+        if not 1 <= sizes.stations <= 500 or sizes.rate < sizes.stations * 20:
+            raise CommandError("--stations must be 1-500 and --rate at least 20 per station")
+        if sizes.seconds <= sizes.warmup_seconds + sizes.interval_s or sizes.interval_s <= 0:
+            raise CommandError(
+                f"--seconds must exceed the {sizes.warmup_seconds:g} s warm-up plus one interval"
+            )
+        stream = self.stderr if options["json"] else self.stdout
+        ingest_bench.migrate_if_needed(stream.write)
+
+        def progress(line: str) -> None:
+            stream.write(line)
+            stream.flush()
+
+        try:
+            result = bench.run(sizes, progress)
+        except RuntimeError as error:
+            raise CommandError(str(error)) from error
+        if options["json"]:
+            self.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+            return
+        p99 = result["alert_latency_p99_ms"]
+        verdict = "met" if p99 is not None and p99 <= TARGET_P99_MS else "MISSED"
+        self.stdout.write(
+            f"background {result['background_samples_per_s']:,.0f} samples/s; alerts "
+            f"{result['alerts_received']} of {result['alerts_expected']} received "
+            f"({result['alerts_unexpected']} unexpected)\n"
+            f"publish → websocket: p50 {result['alert_latency_p50_ms']:.1f} ms, p99 "
+            f"{p99:.1f} ms, max {result['alert_latency_max_ms']:.1f} ms "
+            f"(target p99 ≤ {TARGET_P99_MS:g} ms: {verdict})"
+        )

@@ -1,0 +1,301 @@
+"""Scoring a station's samples: windows → features → model (or baseline) → scores and episodes.
+
+Everything here is synchronous and free of I/O, so the live scorer (`foresight.scorer`), the
+backtest and the tests run the very same code: a `StationScorer` is fed a station's samples in
+time order, batch by batch, and returns every sample's score per model and the alerts to raise.
+
+Models. A station scores with its production model when it has one, and with its shadow models
+beside it (their scores are kept, they raise nothing). A station without a production model is
+scored by a `RunningBaseline` over the default feature spec, so a plant that has trained nothing
+yet still gets alerts for samples far outside what the station has been doing.
+
+Fail-open. When the production model raises (a broken artifact, a wrong feature count,
+onnxruntime failing), the batch is scored by the baseline of that model's own training
+statistics instead, the error is counted, and alerts still come — from the baseline. Nothing a
+model does can stop scoring or acknowledging.
+
+Episodes (hysteresis). A station's score crossing the threshold opens an episode and raises one
+alert; the episode ends only after CLEAR_AFTER consecutive samples below HYSTERESIS times the
+threshold, so a score wobbling around the threshold raises one alert, not hundreds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from foresight.detectors import BaselineScorer, OnnxModel
+from foresight.explain import RunningBaseline, explain
+from foresight.features import FeatureSpec, StationWindows, default_spec
+from foresight.models import BASELINE_MODEL_VERSION_ID
+
+logger = logging.getLogger(__name__)
+
+HYSTERESIS = 0.8
+CLEAR_AFTER = 50
+EXPLAIN_TOP = 5
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready to score: its artifact in onnxruntime and its statistics."""
+
+    id: int
+    version: str
+    threshold: float
+    spec: FeatureSpec
+    names: list[str]
+    feature_mean: list[float]
+    feature_std: list[float]
+    onnx: OnnxModel
+    fallback: BaselineScorer
+
+    @property
+    def spec_key(self) -> str:
+        return spec_key(self.spec)
+
+
+def spec_key(spec: FeatureSpec) -> str:
+    return orjson.dumps(spec.to_json(), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def baseline_spec(signals: list[str] | None) -> FeatureSpec:
+    """The default windows and statistics over the station's own signals (at most 8)."""
+    spec = default_spec()
+    if not signals:
+        return spec
+    chosen = sorted(signals)[:8]
+    pairs = [pair for pair in spec.to_json()["correlations"] if set(pair) <= set(chosen)]
+    return FeatureSpec.from_json({**spec.to_json(), "signals": chosen, "correlations": pairs})
+
+
+@dataclass
+class Alert:
+    """An alert to raise: the triggering sample, its score and why."""
+
+    station_id: int
+    ts_ms: int
+    seq: int
+    score: float
+    threshold: float
+    model: LoadedModel | None  # None: the baseline raised it
+    triggering: dict
+    explanation: list[dict]
+
+
+@dataclass
+class Scored:
+    """The scores of one batch of one station: (model version id, shadow, scores) per model."""
+
+    ts_ms: np.ndarray
+    seq: np.ndarray
+    by_model: list[tuple[int, bool, np.ndarray]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    errors: int = 0
+    source: str = "baseline"  # what scored production: "model", "fallback" or "baseline"
+
+
+class StationScorer:
+    """One station's windows, models and episode state."""
+
+    def __init__(
+        self,
+        station_id: int,
+        *,
+        signals: list[str] | None = None,
+        on_error: Callable[[str, Exception], None] | None = None,
+    ) -> None:
+        """`signals`: what the station measures (its declared signals), for the baseline's
+        features; the default spec's signals when not given."""
+        self.station_id = station_id
+        self.on_error = on_error
+        self.production: LoadedModel | None = None
+        self.shadows: list[LoadedModel] = []
+        self._windows: dict[str, StationWindows] = {}
+        self._baseline_spec = baseline_spec(signals)
+        self._baseline = RunningBaseline(self._baseline_spec.n_features)
+        self.in_episode = False
+        self._quiet = 0  # consecutive samples below the clearing level
+
+    def use(self, production: LoadedModel | None, shadows: list[LoadedModel]) -> None:
+        """Swap models (between batches: each batch is scored by one set of models). Windows
+        of a spec still in use keep their history; an episode ends with its model."""
+        if (production.id if production else None) != (
+            self.production.id if self.production else None
+        ):
+            self.in_episode = False
+            self._quiet = 0
+        self.production = production
+        self.shadows = list(shadows)
+        wanted = {m.spec_key for m in self._models()} | {spec_key(self._baseline_spec)}
+        for key in list(self._windows):
+            if key not in wanted:
+                del self._windows[key]
+
+    def _models(self) -> list[LoadedModel]:
+        return ([self.production] if self.production else []) + self.shadows
+
+    def _features(self, spec: FeatureSpec, ts: np.ndarray, values: dict) -> tuple[np.ndarray, int]:
+        """The features of the samples, and the index of the first whose longest window is
+        full (before it, a window holds too few samples to be judged: no alert is raised)."""
+        key = spec_key(spec)
+        windows = self._windows.get(key)
+        if windows is None:
+            windows = self._windows[key] = StationWindows(spec)
+        seen = windows.samples_seen
+        return windows.push(ts, values), max(0, spec.max_window - 1 - seen)
+
+    def score(
+        self, ts_ms: np.ndarray, seq: np.ndarray, values: dict[str, np.ndarray], raw: list[dict]
+    ) -> Scored:
+        """Score samples of this station in time order; `raw` holds each sample's signals."""
+        scored = Scored(ts_ms, seq)
+        features: dict[str, tuple[np.ndarray, int]] = {}
+
+        def features_of(spec: FeatureSpec) -> np.ndarray:
+            key = spec_key(spec)
+            if key not in features:
+                features[key] = self._features(spec, ts_ms, values)
+            return features[key][0]
+
+        def first_full(spec: FeatureSpec) -> int:
+            return features[spec_key(spec)][1]
+
+        # The baseline's windows always advance, so it is warm when a model fails or goes.
+        baseline_features = features_of(self._baseline_spec)
+        running = self._baseline.score(baseline_features)
+        model = self.production
+        if model is None:
+            production, threshold = running, RunningBaseline.threshold
+            explain_with = (baseline_features, self._baseline.mean, self._baseline.std)
+            names = self._baseline_spec.names
+            judged_from = first_full(self._baseline_spec)
+            scored.by_model.append((BASELINE_MODEL_VERSION_ID, False, running))
+        else:
+            matrix = features_of(model.spec)
+            names = model.names
+            judged_from = first_full(model.spec)
+            explain_with = (matrix, model.feature_mean, model.feature_std)
+            try:
+                production = model.onnx.score(matrix)
+                if production.shape[0] != matrix.shape[0]:
+                    raise ValueError(f"{production.shape[0]} scores for {matrix.shape[0]} rows")
+                threshold = model.threshold
+                scored.source = "model"
+                scored.by_model.append((model.id, False, production))
+            except Exception as error:  # noqa: BLE001 - fail-open: any model failure
+                scored.errors += 1
+                if self.on_error:
+                    self.on_error(model.version, error)
+                production = model.fallback.score(matrix)
+                threshold = BaselineScorer.threshold
+                model = None
+                scored.source = "fallback"
+                scored.by_model.append((BASELINE_MODEL_VERSION_ID, False, production))
+        for shadow in self.shadows:
+            try:
+                scores = shadow.onnx.score(features_of(shadow.spec))
+            except Exception as error:  # noqa: BLE001 - a shadow failing changes nothing
+                scored.errors += 1
+                if self.on_error:
+                    self.on_error(shadow.version, error)
+                continue
+            scored.by_model.append((shadow.id, True, scores))
+        for index in self._episode_starts(production[judged_from:], threshold):
+            index += judged_from
+            matrix, mean, std = explain_with
+            scored.alerts.append(
+                Alert(
+                    station_id=self.station_id,
+                    ts_ms=int(ts_ms[index]),
+                    seq=int(seq[index]),
+                    score=float(production[index]),
+                    threshold=float(threshold),
+                    model=model,
+                    triggering=dict(raw[index]),
+                    explanation=explain(matrix[index], mean, std, names, top=EXPLAIN_TOP),
+                )
+            )
+        return scored
+
+    def _episode_starts(self, scores: np.ndarray, threshold: float) -> list[int]:
+        """Indices where an episode opens; updates the episode state through the batch."""
+        above = scores >= threshold
+        if not self.in_episode and not above.any():
+            return []  # the common case, without a Python loop
+        starts = []
+        clear = threshold * HYSTERESIS
+        for index, score in enumerate(scores):
+            if self.in_episode:
+                self._quiet = self._quiet + 1 if score < clear else 0
+                if self._quiet >= CLEAR_AFTER:
+                    self.in_episode, self._quiet = False, 0
+            elif score >= threshold:
+                self.in_episode, self._quiet = True, 0
+                starts.append(index)
+        return starts
+
+
+# -- score rows in PostgreSQL's binary COPY format ----------------------------------------------
+
+SCORE_COLUMNS = ("station_id", "ts", "seq", "model_version_id", "score", "shadow")
+_PG_EPOCH_MS = 946_684_800_000
+_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("station_length", ">i4"),
+        ("station_id", ">i4"),
+        ("ts_length", ">i4"),
+        ("ts", ">i8"),
+        ("seq_length", ">i4"),
+        ("seq", ">i4"),
+        ("model_length", ">i4"),
+        ("model_version_id", ">i8"),
+        ("score_length", ">i4"),
+        ("score", ">f4"),
+        ("shadow_length", ">i4"),
+        ("shadow", "u1"),
+    ]
+)
+_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_TRAILER = b"\xff\xff"
+
+
+class ScoreRows:
+    """Score rows of one batch for `SampleStore.write` (one numpy record array per station and
+    model: no Python work per row)."""
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+        self._count = 0
+
+    def add(self, station_id: int, scored: Scored) -> None:
+        n = scored.ts_ms.shape[0]
+        for model_id, shadow, scores in scored.by_model:
+            rows = np.empty(n, dtype=_ROW)
+            rows["fields"] = len(SCORE_COLUMNS)
+            rows["station_length"], rows["station_id"] = 4, station_id
+            rows["ts_length"], rows["ts"] = 8, (scored.ts_ms - _PG_EPOCH_MS) * 1000
+            rows["seq_length"], rows["seq"] = 4, scored.seq
+            rows["model_length"], rows["model_version_id"] = 8, model_id
+            rows["score_length"], rows["score"] = 4, scores
+            rows["shadow_length"], rows["shadow"] = 1, shadow
+            self._parts.append(rows)
+            self._count += n
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        return [(0, self._count)]
+
+    def payload(self, start: int = 0, end: int | None = None) -> bytes:
+        rows = np.concatenate(self._parts) if self._parts else np.empty(0, dtype=_ROW)
+        # concatenate gives native byte order; the wire format is big-endian.
+        rows = rows[start:end].astype(_ROW, copy=False)
+        return b"".join((_HEADER, rows.tobytes(), _TRAILER))
