@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import secrets
 import statistics
 import sys
@@ -150,32 +151,44 @@ async def _run(
             if fault_key is not None:
                 injected[fault_key] = before
 
-        started = time.monotonic()
-        next_fault = started + sizes.warmup_seconds
-        fault_station = 0
+        # Every message is built before the clock starts, its samples stamped with the wall
+        # time at which the run will publish it: a plant's edges build their messages, not the
+        # server, so the machine's two cores are left to what is measured.
         rounds = int(sizes.seconds / interval_s)
-        published = 0
+        lead_ms = 2_000
+        start_ms = time.time_ns() // 1_000_000 + lead_ms
+        per = sizes.samples_per_message
+        schedule = []
+        fault_round = int(sizes.warmup_seconds / interval_s)
+        fault_every = max(1, round(sizes.interval_s / interval_s))
+        fault_station = 0
         for round_number in range(rounds):
-            due = started + (round_number + 1) * interval_s
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            last_ms = time.time_ns() // 1_000_000
-            fault = time.monotonic() >= next_fault and round_number < rounds - 1
+            last_ms = start_ms + (round_number + 1) * per - 1
+            fault = round_number >= fault_round and (round_number - fault_round) % fault_every == 0
+            fault = fault and round_number < rounds - 1
+            batch = []
             for n, stream in enumerate(streams):
                 key = None
-                for ts in range(last_ms - sizes.samples_per_message + 1, last_ms + 1):
+                for ts in range(last_ms - per + 1, last_ms + 1):
                     values = signals_at(ts, n)
                     if fault and n == fault_station and ts == last_ms:
                         values["torque"] = round(values["torque"] * FAULT_FACTOR, 3)
                         key = (plant.codes[n], ts)
                     message = stream.add(ts, values)
                     if message is not None:
-                        task = asyncio.ensure_future(send(message, key))
-                        pending.add(task)
-                        task.add_done_callback(pending.discard)
-                        published += message.samples
+                        batch.append((message, key))
             if fault:
                 fault_station = (fault_station + 1) % len(streams)
-                next_fault += sizes.interval_s
+            schedule.append((last_ms, batch))
+        published = 0
+        started = time.monotonic()
+        for round_number, (last_ms, batch) in enumerate(schedule):
+            await asyncio.sleep(max(0.0, (last_ms + 1) / 1000 - time.time()))
+            for message, key in batch:
+                task = asyncio.ensure_future(send(message, key))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                published += message.samples
             if round_number % max(1, int(5 / interval_s)) == 0:
                 progress(
                     f"  {time.monotonic() - started:5.1f} s: {published:,} samples, "
@@ -273,6 +286,7 @@ def run(sizes: AlertBenchSizes, progress) -> dict:
                     f"{sizes.rate:,} samples/s for {sizes.seconds:g} s; a fault every "
                     f"{sizes.interval_s:g} s after {sizes.warmup_seconds:g} s"
                 )
+                before = _cpu_seconds(processes)
                 result.update(
                     asyncio.run(
                         _run(
@@ -286,6 +300,9 @@ def run(sizes: AlertBenchSizes, progress) -> dict:
                     )
                 )
                 processes.check_alive()
+                after = _cpu_seconds(processes)
+                # Where the two cores went during the run (setup and training excluded).
+                result["cpu_seconds"] = {name: after[name] - before[name] for name in after}
                 scorer = psutil.Process(processes.processes[1].pid)
                 result["scorer_rss_mb"] = scorer.memory_info().rss / 2**20
             finally:
@@ -295,6 +312,34 @@ def run(sizes: AlertBenchSizes, progress) -> dict:
         table.drop()
         plant.remove()
     return result
+
+
+def _cpu_seconds(processes: BenchProcesses) -> dict[str, float]:
+    """User + system CPU seconds so far of the run's processes, of this one (the publisher and
+    the websocket client) and of the servers it uses (found by their data directories)."""
+
+    def used(process: psutil.Process) -> float:
+        with contextlib.suppress(psutil.Error):
+            return sum(process.cpu_times()[:2])
+        return 0.0
+
+    seconds = {
+        name: used(psutil.Process(process.pid))
+        for name, process in zip(("web", "scorer", "ingest"), processes.processes, strict=True)
+    }
+    seconds["publisher and websocket client"] = used(psutil.Process())
+    servers = {"postgresql": 0.0, "nats-server": 0.0, "redis": 0.0}
+    data_dir = os.environ.get("AEGIS_EMBEDDED_DATA_DIR", "\0")
+    for process in psutil.process_iter(["name", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        name = process.info["name"] or ""
+        if name.startswith("postgres") and data_dir in command:
+            servers["postgresql"] += used(process) + sum(used(c) for c in process.children())
+        elif name.startswith("nats-server") and "aegis-bench-nats-" in command:
+            servers["nats-server"] += used(process)
+        elif name.startswith("redis-server") and data_dir in command:
+            servers["redis"] += used(process)
+    return {**seconds, **servers}
 
 
 async def _provision(url: str) -> None:

@@ -320,10 +320,11 @@ class ForesightScorer(StopsOnSignals):
             rows.add(known[0], scored)
             alerts.extend(scored.alerts)
             samples += len(station_samples)
-        if len(rows):
-            await self._write(rows)
+        if len(rows) and not await self._write(rows):
+            return  # stopped while the database is away: the messages come back
         for alert in alerts:
-            await self._raise(alert)
+            if not await self._raise(alert):
+                return  # the same: the alert is raised when they do (once: its key)
         await self._acknowledge(messages)
         self.scored += samples
         metrics.SAMPLES_SCORED.inc(samples)
@@ -375,30 +376,38 @@ class ForesightScorer(StopsOnSignals):
         with contextlib.suppress(DatabaseError):
             await self._in_orm_thread(self._load_stations)
 
-    async def _write(self, rows: ScoreRows) -> None:
-        """Store the scores; a database outage is retried (nothing is acknowledged meanwhile)."""
+    async def _write(self, rows: ScoreRows) -> bool:
+        """Store the scores; a database outage is retried (nothing is acknowledged meanwhile).
+        False when a stop came first."""
         backoff = Backoff(0.5, 10.0)
         while True:
             try:
                 await self.store.write(rows)
-                return
+                return True
             except _UNAVAILABLE as error:
                 metrics.DATABASE_FAILURES.inc()
                 logger.warning("foresight.database_unavailable", error=str(error))
                 await self.store.close()
                 if self.stopping:
-                    raise
+                    return False
                 await self._pause(backoff.next())
 
-    async def _raise(self, alert: Alert) -> None:
+    async def _raise(self, alert: Alert) -> bool:
+        """Record the alert (retried while the database is away) and push it to browsers.
+        False when a stop came first: the batch stays unacknowledged and comes back."""
         code = self.codes[alert.station_id]
         line_id = self.stations[code][1]
-        try:
-            payload = await self._in_orm_thread(_record_alert, alert)
-        except DatabaseError as error:
-            metrics.DATABASE_FAILURES.inc()
-            logger.error("foresight.alert_not_recorded", station=code, error=str(error))
-            return
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            try:
+                payload = await self._in_orm_thread(_record_alert, alert)
+                break
+            except DatabaseError as error:
+                metrics.DATABASE_FAILURES.inc()
+                logger.warning("foresight.alert_not_recorded", station=code, error=str(error))
+                if self.stopping:
+                    return False
+                await self._pause(backoff.next())
         self.alerts += 1
         metrics.ALERTS.labels("model" if alert.model else "baseline").inc()
         # Straight to the browsers (the outbox relay publishes it to NATS for other consumers).
@@ -409,6 +418,7 @@ class ForesightScorer(StopsOnSignals):
                 )
             except Exception as error:  # noqa: BLE001 - a Redis hiccup must not stop scoring
                 logger.warning("foresight.push_failed", group=group, error=repr(error)[:300])
+        return True
 
     async def _acknowledge(self, messages: list[Msg]) -> None:
         """After the scores are committed; a lost ack brings the message back, and its scores
