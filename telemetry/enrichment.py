@@ -371,6 +371,22 @@ def _rows(sql: str, params: dict | None = None) -> list[tuple]:
 # -- the history -----------------------------------------------------------------------------
 
 
+def read_snapshot(queries, params: dict) -> tuple[dt.datetime, dict[str, list[tuple]]]:
+    """Run (name, sql) queries in one REPEATABLE READ snapshot (unless inside an enclosing
+    transaction): the database's clock at the snapshot, and each query's rows by name."""
+    nested = connection.in_atomic_block
+    with transaction.atomic(), connection.cursor() as cursor:
+        if not nested:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cursor.execute("SELECT clock_timestamp()")
+        loaded_at = cursor.fetchone()[0]
+        fetched = {}
+        for name, sql in queries:
+            cursor.execute(sql, params)
+            fetched[name] = cursor.fetchall()
+    return loaded_at, fetched
+
+
 class StateHistory:
     """Per-station MES state history, as-of lookups in O(log n).
 
@@ -414,23 +430,16 @@ class StateHistory:
         `sync_to_async`. The reads share one REPEATABLE READ snapshot (unless called inside
         an enclosing transaction), so the history is the MES as of one instant: `loaded_ms`.
         """
-        params = {"since": since}
-        nested = connection.in_atomic_block
-        with transaction.atomic(), connection.cursor() as cursor:
-            if not nested:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            cursor.execute("SELECT clock_timestamp()")
-            loaded_at = cursor.fetchone()[0]
-            fetched = {}
-            for name, sql in (
+        loaded_at, fetched = read_snapshot(
+            (
                 ("stations", _STATIONS_SQL),
                 ("units", _UNITS_SQL),
                 ("visits", _VISITS_SQL),
                 ("flashes", _FLASHES_SQL),
                 ("shifts", _SHIFTS_SQL),
-            ):
-                cursor.execute(sql, params)
-                fetched[name] = cursor.fetchall()
+            ),
+            {"since": since},
+        )
         history = cls.from_rows(since=since, loaded_at=loaded_at, **fetched)
         logger.info(
             "telemetry.mes_history_loaded",

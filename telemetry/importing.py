@@ -64,7 +64,7 @@ from django.db.models import Max
 from mes.audit import audit_record
 from mes.errors import Conflict, InvalidInput, UnknownReference
 from mes.models import AuditAction, Line, Station, StationSignal, StationType
-from telemetry.enrichment import StateHistory, ms_datetime
+from telemetry.enrichment import StateHistory, ms_datetime, read_snapshot
 from telemetry.payloads import FUTURE_TOLERANCE_MS, MAX_SIGNAL_NAME
 from telemetry.storage import CopyRows, SampleStore, WriteResult, database_parameters
 
@@ -869,22 +869,15 @@ def station_history(
 ) -> StateHistory:
     """One station's MES state history from `since`, read in one snapshot like
     `StateHistory.load` and built by the same `StateHistory.from_rows`."""
-    params = {"station": station_id, "line": line_id, "since": since}
-    nested = connection.in_atomic_block
-    with transaction.atomic(), connection.cursor() as cursor:
-        if not nested:
-            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cursor.execute("SELECT clock_timestamp()")
-        loaded_at = cursor.fetchone()[0]
-        fetched = {}
-        for name, sql in (
+    loaded_at, fetched = read_snapshot(
+        (
             ("units", _UNITS_SQL),
             ("visits", _VISITS_SQL),
             ("flashes", _FLASHES_SQL),
             ("shifts", _SHIFTS_SQL),
-        ):
-            cursor.execute(sql, params)
-            fetched[name] = cursor.fetchall()
+        ),
+        {"station": station_id, "line": line_id, "since": since},
+    )
     return StateHistory.from_rows(since=since, loaded_at=loaded_at, stations=stations, **fetched)
 
 

@@ -14,7 +14,6 @@ from rest_framework.test import APIClient
 from foresight import registry
 from foresight.models import AlertStatus, DefectAlert
 from mes import services
-from mes.api.authentication import api_token_issue
 from mes.errors import InvalidInput, TransitionRefused
 from mes.models import AuditEntry, OutboxMessage, vin_check_digit
 from tests.factories import UnitFactory, UserFactory, WorkOrderFactory
@@ -43,39 +42,6 @@ EXPLANATION = [
     {"feature": "torque.mean@20", "signal": "torque", "value": 51.2, "z": 6.8, "share": 0.71},
     {"feature": "torque.slope@100", "signal": "torque", "value": 0.09, "z": 3.1, "share": 0.15},
 ]
-
-
-@pytest.fixture(autouse=True)
-def generous_throttles(settings):
-    """Throttle counts live in Redis across tests; these tests are not about throttling."""
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "DEFAULT_THROTTLE_RATES": {
-            "user": "100000/min",
-            "anon": "100000/min",
-            "token": "100000/min",
-        },
-    }
-
-
-@pytest.fixture(autouse=True)
-def artifact_dir(settings, tmp_path):
-    settings.FORESIGHT_ARTIFACT_DIR = tmp_path / "artifacts"
-
-
-@pytest.fixture
-def api_as():
-    """A client sending a real bearer token of a new user with `role` (None: no role)."""
-
-    def client_for(role: str | None) -> APIClient:
-        user = UserFactory(role=role)
-        _, secret = api_token_issue(user=user, name=f"test {role}")
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-        client.user = user
-        return client
-
-    return client_for
 
 
 class Floor:

@@ -11,47 +11,12 @@ from rest_framework.test import APIClient
 
 from foresight import registry
 from foresight.models import BASELINE_MODEL_VERSION_ID, ModelStatus, ModelVersion
-from mes.api.authentication import api_token_issue
 from mes.models import AuditEntry
-from tests.factories import UserFactory
 from tests.foresight.test_registry import T0, register, unique_station
 
 pytestmark = pytest.mark.django_db
 
 ALL_ROLES = ("operator", "supervisor", "quality_engineer", "ml_engineer", "integrator", "admin")
-
-
-@pytest.fixture(autouse=True)
-def generous_throttles(settings):
-    """Throttle counts live in Redis across tests; these tests are not about throttling."""
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "DEFAULT_THROTTLE_RATES": {
-            "user": "100000/min",
-            "anon": "100000/min",
-            "token": "100000/min",
-        },
-    }
-
-
-@pytest.fixture(autouse=True)
-def artifact_dir(settings, tmp_path):
-    settings.FORESIGHT_ARTIFACT_DIR = tmp_path / "artifacts"
-
-
-@pytest.fixture
-def api_as():
-    """A client sending a real bearer token of a new user with `role` (None: no role)."""
-
-    def client_for(role: str | None) -> APIClient:
-        user = UserFactory(role=role)
-        _, secret = api_token_issue(user=user, name=f"test {role}")
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-        client.user = user
-        return client
-
-    return client_for
 
 
 @pytest.fixture
