@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery, signals
+from celery.schedules import crontab
 from django_structlog.celery.steps import DjangoStructLogInitStep
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aegis.settings.development")
@@ -28,6 +29,18 @@ app.conf.beat_schedule = {
         "task": "telemetry.retention_enforce",
         "schedule": 15 * 60.0,
         "options": {"expires": 14 * 60.0},
+    },
+    # Foresight: candidates per station of every line each night (never promoted by itself),
+    # and each production model's drift against its training distribution every hour.
+    "foresight-nightly-retrain": {
+        "task": "foresight.retrain_lines",
+        "schedule": crontab(hour=2, minute=15),
+        "options": {"expires": 3 * 3600.0},
+    },
+    "foresight-drift-check": {
+        "task": "foresight.drift_check",
+        "schedule": crontab(minute=7),
+        "options": {"expires": 50 * 60.0},
     },
 }
 
