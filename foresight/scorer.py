@@ -339,7 +339,10 @@ class ForesightScorer(StopsOnSignals):
         scorer = self.scorers.get(station_id)
         if scorer is None:
             scorer = self.scorers[station_id] = StationScorer(
-                station_id, signals=signals, on_error=self._model_failed
+                station_id,
+                signals=signals,
+                on_error=self._model_failed,
+                baseline_alerts=settings.FORESIGHT_BASELINE_ALERTS,
             )
             production, shadows = self.models.get(station_id, (None, []))
             scorer.use(production, shadows)

@@ -6,8 +6,9 @@ time order, batch by batch, and returns every sample's score per model and the a
 
 Models. A station scores with its production model when it has one, and with its shadow models
 beside it (their scores are kept, they raise nothing). A station without a production model is
-scored by a `RunningBaseline` over the default feature spec, so a plant that has trained nothing
-yet still gets alerts for samples far outside what the station has been doing.
+scored by a `RunningBaseline` over its own signals; those scores are kept for charts, and raise
+alerts only when `baseline_alerts` is on (AEGIS_FORESIGHT_BASELINE_ALERTS): on cyclic signals
+such as a tightening station's the running baseline is noisy.
 
 Fail-open. When the production model raises (a broken artifact, a wrong feature count,
 onnxruntime failing), the batch is scored by the baseline of that model's own training
@@ -108,10 +109,14 @@ class StationScorer:
         *,
         signals: list[str] | None = None,
         on_error: Callable[[str, Exception], None] | None = None,
+        baseline_alerts: bool = False,
     ) -> None:
         """`signals`: what the station measures (its declared signals), for the baseline's
-        features; the default spec's signals when not given."""
+        features; the default spec's signals when not given. `baseline_alerts`: whether the
+        running baseline of a station without a model raises alerts (its scores are kept
+        either way; a failing model's fallback always alerts)."""
         self.station_id = station_id
+        self.baseline_alerts = baseline_alerts
         self.on_error = on_error
         self.production: LoadedModel | None = None
         self.shadows: list[LoadedModel] = []
@@ -173,7 +178,9 @@ class StationScorer:
             production, threshold = running, RunningBaseline.threshold
             explain_with = (baseline_features, self._baseline.mean, self._baseline.std)
             names = self._baseline_spec.names
-            judged_from = first_full(self._baseline_spec)
+            # Without a model nothing is judged unless asked: the running baseline is a
+            # safety net, noisy on cyclic signals.
+            judged_from = first_full(self._baseline_spec) if self.baseline_alerts else len(ts_ms)
             scored.by_model.append((BASELINE_MODEL_VERSION_ID, False, running))
         else:
             matrix = features_of(model.spec)

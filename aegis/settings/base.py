@@ -111,6 +111,9 @@ FORESIGHT_ARTIFACT_DIR = (
     .expanduser()
     .resolve()
 )
+# A station without a model is scored by a running baseline; its alerts are off by default: on
+# the demo plant's cyclic signals it raised about 75 alerts a minute. Train a model instead.
+FORESIGHT_BASELINE_ALERTS = env.boolean("AEGIS_FORESIGHT_BASELINE_ALERTS", False)
 
 CACHES = {
     "default": {

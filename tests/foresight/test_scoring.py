@@ -92,7 +92,7 @@ def test_a_sustained_fault_raises_one_alert_with_its_torque_and_explanation(dete
 def test_a_fault_that_clears_and_returns_is_two_episodes():
     values = with_drift(6_000, 1_000, 1_500, 6.0)
     values["torque"][4_000:4_500] += 6.0
-    scorer = StationScorer(5, signals=["torque", "angle"])
+    scorer = StationScorer(5, signals=["torque", "angle"], baseline_alerts=True)
     results = feed(scorer, values)
     alerts = [alert for result in results for alert in result.alerts]
     # The running baseline (no model) learns the first 1,000 samples, then sees two episodes.
@@ -205,3 +205,12 @@ def test_score_rows_are_read_back_by_postgresql_exactly():
         (42, at[1], 1, 11, 2.0, True),
         (42, at[2], 2, 11, 3.0, True),
     ]
+
+
+def test_a_station_without_a_model_is_scored_but_raises_nothing_unless_asked():
+    values = with_drift(3_000, 1_500, 2_000, 6.0)
+    quiet = feed(StationScorer(5, signals=["torque", "angle"]), values)
+    assert [a for r in quiet for a in r.alerts] == []
+    assert sum(len(r.by_model[0][2]) for r in quiet) == 3_000  # every sample still scored
+    loud = feed(StationScorer(5, signals=["torque", "angle"], baseline_alerts=True), values)
+    assert len([a for r in loud for a in r.alerts]) == 1
