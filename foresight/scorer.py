@@ -53,6 +53,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from aegis import jetstream
+from aegis.backoff import Backoff
 from aegis.realtime import PLANT_GROUP, broadcast
 from aegis.stopping import StopsOnSignals
 from foresight import metrics
@@ -63,7 +64,7 @@ from foresight.models import ModelStatus, ModelVersion
 from foresight.scoring import SCORE_COLUMNS, Alert, LoadedModel, ScoreRows, StationScorer
 from mes.models import Station, StationSignal
 from mes.outbox import REGISTRY_BUCKET
-from telemetry.ingest import TELEMETRY_STREAM, Backoff, Puller
+from telemetry.ingest import TELEMETRY_STREAM, Puller
 from telemetry.payloads import Rejection, parse_message, time_window
 from telemetry.storage import SampleStore, database_parameters
 

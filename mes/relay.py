@@ -53,6 +53,7 @@ from psycopg import sql
 
 import aegis.observability.metrics  # noqa: F401 - names this process's metric files first
 from aegis import jetstream
+from aegis.backoff import Backoff
 from aegis.stopping import StopsOnSignals
 from mes.models import OutboxMessage
 from mes.outbox import REGISTRY_BUCKET, REGISTRY_SUBJECT
@@ -459,7 +460,7 @@ class StationStates:
         self.reconciled = False
         self.stream_last_seq: int | None = None  # set by reconcile for the loads that follow
         # KV trouble must not slow publishing down: the bucket has its own back-off.
-        self.backoff = Backoff()
+        self.backoff = Backoff(cap_s=30.0)
         self.retry_after = 0.0
 
     async def _bucket(self) -> KeyValue:
@@ -645,23 +646,6 @@ class RelayTotals:
         self.duplicates += report.duplicates
         self.failed += report.failed
         self.batches += 1 if report.claimed else 0
-
-
-class Backoff:
-    """Delays after consecutive failures: initial, doubled each time, capped."""
-
-    def __init__(self, initial_s: float = 0.5, cap_s: float = 30.0) -> None:
-        self.initial_s = initial_s
-        self.cap_s = cap_s
-        self.failures = 0
-
-    def next(self) -> float:
-        delay = min(self.cap_s, self.initial_s * 2**self.failures)
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 # Errors that mean "NATS is not there" rather than "this message was refused".

@@ -80,6 +80,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 from aegis import jetstream
+from aegis.backoff import Backoff
 from aegis.stopping import StopsOnSignals
 from telemetry import metrics
 from telemetry.enrichment import StateHistory, default_since, ms_datetime
@@ -135,23 +136,6 @@ def _describe(error: BaseException) -> str:
 def _header_text(text: str, limit: int = 1000) -> str:
     """Header values are one line of printable text."""
     return " ".join(text.split())[:limit]
-
-
-class Backoff:
-    """Delays after consecutive failures: initial, doubled each time, capped."""
-
-    def __init__(self, initial_s: float = 0.5, cap_s: float = 10.0) -> None:
-        self.initial_s = initial_s
-        self.cap_s = cap_s
-        self.failures = 0
-
-    def next(self) -> float:
-        delay = min(self.cap_s, self.initial_s * 2**self.failures)
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 # -- batches --------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import importlib
 import os
 import secrets
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -30,7 +32,7 @@ from mes.errors import InvalidInput, TransitionRefused
 from mes.models import AuditEntry, OutboxMessage
 from mes.relay import OutboxRelay, OutboxStore
 from tests.factories import LineFactory, StationFactory, UnitFactory, UserFactory
-from tests.support import ServedInThread
+from tests.support import REPO, ServedInThread
 
 pytestmark = pytest.mark.django_db
 
@@ -609,12 +611,25 @@ def test_mes_state_and_registry_events_share_the_relay_without_mixing_streams():
     assert state["visit"]["left_at"] is not None
 
 
-def test_the_artifact_store_defaults_to_a_directory_under_the_data_directory():
-    from aegis.settings import base
-
-    if os.environ.get("AEGIS_FORESIGHT_ARTIFACT_DIR"):
-        pytest.skip("AEGIS_FORESIGHT_ARTIFACT_DIR is set in this environment")
-    assert base.FORESIGHT_ARTIFACT_DIR == base.DATA_DIR / "foresight" / "artifacts"
+def test_the_artifact_store_defaults_to_a_directory_under_the_data_directory(tmp_path):
+    # A fresh process without the variable, whatever this environment sets.
+    environment = {k: v for k, v in os.environ.items() if k != "AEGIS_FORESIGHT_ARTIFACT_DIR"}
+    environment["AEGIS_DATA_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings;"
+            "print(settings.FORESIGHT_ARTIFACT_DIR)",
+        ],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == str((tmp_path / "foresight" / "artifacts").resolve())
 
 
 # -- admin ---------------------------------------------------------------------------------------

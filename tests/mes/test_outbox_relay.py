@@ -33,6 +33,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from aegis import jetstream
+from aegis.backoff import Backoff
 from aegis.embedded.servers import NatsServer, RunningServer, free_port
 from mes import services
 from mes.management.commands.outbox_relay import Command as OutboxRelayCommand
@@ -40,7 +41,6 @@ from mes.models import OutboxMessage, vin_check_digit
 from mes.relay import (
     OUTBOX_PUBLISHED,
     RELAY_LOCK_KEY,
-    Backoff,
     OutboxRelay,
     OutboxStore,
     RelayUnavailable,
@@ -273,7 +273,7 @@ def test_unknown_kinds_only_advance_the_sequence():
 
 
 def test_back_off_doubles_from_half_a_second_to_thirty_seconds():
-    backoff = Backoff()
+    backoff = Backoff(cap_s=30.0)  # the relay's idle back-off
 
     delays = [backoff.next() for _ in range(9)]
     backoff.reset()
