@@ -165,7 +165,15 @@ class PostgresServer:
         )
 
     def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-        kwargs.setdefault("user", self.system_user)
+        if self.system_user:
+            import pwd
+
+            # The user's own group and no others: with root's group the server would be held
+            # to the group bits of a root-owned 0700 folder above it (e.g. `mktemp -d`).
+            entry = pwd.getpwnam(self.system_user)
+            kwargs.setdefault("user", self.system_user)
+            kwargs.setdefault("group", entry.pw_gid)
+            kwargs.setdefault("extra_groups", [])
         return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
 
     def _prepare_for_system_user(self) -> None:
