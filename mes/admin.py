@@ -338,7 +338,12 @@ class AreaAdmin(AuditedAdmin):
 
 @admin.register(Line)
 class LineAdmin(AuditedAdmin):
-    list_display = ["code", "name", "area"]
+    list_display = ["code", "name", "area", "microstop_seconds", "startup_seconds"]
+    fieldsets = [
+        (None, {"fields": ["area", "code", "name"]}),
+        # How OEE judges this line's stops and rejects (docs/oee.md).
+        ("OEE", {"fields": ["microstop_seconds", "startup_seconds"]}),
+    ]
     list_select_related = ["area__site"]
     # Not "area": its choices' labels read each area's site, one query per area.
     list_filter = ["area__site"]
@@ -355,9 +360,17 @@ class StationSignalInline(admin.TabularInline):
 
 @admin.register(Station)
 class StationAdmin(AuditedAdmin):
-    list_display = ["code", "name", "line", "position", "station_type"]
+    list_display = ["code", "name", "line", "position", "station_type", "count_source"]
     list_select_related = ["line"]
-    list_filter = ["line__area__site", "line", "station_type"]
+    list_filter = ["line__area__site", "line", "station_type", "count_source"]
+    fieldsets = [
+        (None, {"fields": ["line", "code", "name", "position", "station_type"]}),
+        # Where the station's OEE counts come from, and its own small-stop threshold.
+        (
+            "OEE",
+            {"fields": ["count_source", "count_signal", "reject_signal", "microstop_seconds"]},
+        ),
+    ]
     search_fields = ["code", "name", "line__code"]
     autocomplete_fields = ["line"]
     ordering = ["line__code", "position"]
@@ -856,16 +869,16 @@ class DowntimeReasonChildInline(admin.TabularInline):
     model = DowntimeReason
     fk_name = "parent"
     extra = 0
-    fields = ["code", "name", "planned"]
+    fields = ["code", "name", "planned", "loss_category"]
     verbose_name = "child reason"
     verbose_name_plural = "child reasons"
 
 
 @admin.register(DowntimeReason)
 class DowntimeReasonAdmin(AuditedAdmin):
-    list_display = ["code", "name", "parent", "planned"]
+    list_display = ["code", "name", "parent", "planned", "loss_category"]
     list_select_related = ["parent"]
-    list_filter = ["planned", ("parent", admin.EmptyFieldListFilter)]
+    list_filter = ["planned", "loss_category", ("parent", admin.EmptyFieldListFilter)]
     search_fields = ["code", "name"]
     autocomplete_fields = ["parent"]
     inlines = [DowntimeReasonChildInline]

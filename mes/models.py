@@ -118,9 +118,22 @@ class Line(models.Model):
     area = models.ForeignKey(Area, on_delete=models.PROTECT, related_name="lines")
     code = models.CharField(max_length=32, validators=[code_validator])
     name = models.CharField(max_length=200)
+    # OEE settings (docs/oee.md). Stops shorter than the threshold are small stops, a
+    # performance loss; longer ones are downtime, an availability loss.
+    microstop_seconds = models.PositiveIntegerField(
+        default=120,
+        help_text="Unplanned stops shorter than this are small stops (performance loss), "
+        "not downtime (availability loss). A station may set its own.",
+    )
+    startup_seconds = models.PositiveIntegerField(
+        default=0,
+        help_text="Scrap made within this many seconds after production (re)starts counts as "
+        "startup rejects; 0: every reject is a production reject.",
+    )
 
     class Meta:
         ordering = ["area__site__code", "area__code", "code"]
+        permissions = [("view_oee", "Can view OEE, downtime Pareto, MTBF and MTTR")]
         constraints = [
             models.UniqueConstraint(fields=["area", "code"], name="mes_line_code_unique_per_area")
         ]
@@ -140,6 +153,17 @@ class StationType(models.TextChoices):
     TEST = "test", "Functional test"
 
 
+class CountSource(models.TextChoices):
+    """Where a station's OEE counts come from (docs/oee.md)."""
+
+    REPORTED = "reported", "Reported counts (API, webhook, simulator)"
+    VISITS = "visits", "Completed station visits"
+    TELEMETRY = "telemetry", "Part counter signal in telemetry"
+
+
+signal_name_validator = RegexValidator(r"^[a-z][a-z0-9_]{0,63}$", "lower_snake_case signal names")
+
+
 class Station(models.Model):
     """A work position on a line. Its code is plant-wide: PLCs and NATS subjects use it."""
 
@@ -148,13 +172,39 @@ class Station(models.Model):
     name = models.CharField(max_length=200)
     position = models.PositiveSmallIntegerField(help_text="Order of the station along its line.")
     station_type = models.CharField(max_length=32, choices=StationType.choices)
+    # OEE settings (docs/oee.md).
+    microstop_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="This station's small-stop threshold; the line's if empty."
+    )
+    count_source = models.CharField(
+        max_length=16,
+        choices=CountSource.choices,
+        default=CountSource.REPORTED,
+        help_text="Which records count this station's output for OEE.",
+    )
+    count_signal = models.CharField(
+        max_length=64,
+        blank=True,
+        validators=[signal_name_validator],
+        help_text="Telemetry counts: the PLC's cumulative counter of parts made (good and bad).",
+    )
+    reject_signal = models.CharField(
+        max_length=64,
+        blank=True,
+        validators=[signal_name_validator],
+        help_text="Telemetry counts: the PLC's cumulative counter of rejected parts (optional).",
+    )
 
     class Meta:
         ordering = ["line_id", "position"]
         constraints = [
             models.UniqueConstraint(
                 fields=["line", "position"], name="mes_station_position_unique_per_line"
-            )
+            ),
+            models.CheckConstraint(
+                condition=~Q(count_source="telemetry") | ~Q(count_signal=""),
+                name="mes_station_telemetry_counts_need_a_signal",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -542,6 +592,13 @@ class ShiftBreak(models.Model):
 # -- downtime, counts, quality --------------------------------------------------------------
 
 
+class LossCategory(models.TextChoices):
+    """The availability losses of the six big losses an unplanned stop can be (docs/oee.md)."""
+
+    BREAKDOWN = "breakdown", "Breakdown"
+    SETUP = "setup", "Setup and adjustment"
+
+
 class DowntimeReason(models.Model):
     """A node of the reason-code tree (e.g. `MECH` → `MECH.CONVEYOR` → `MECH.CONVEYOR.BELT`)."""
 
@@ -552,6 +609,13 @@ class DowntimeReason(models.Model):
     )
     planned = models.BooleanField(
         default=False, help_text="Planned stops (changeover, maintenance) are not losses."
+    )
+    loss_category = models.CharField(
+        max_length=16,
+        choices=LossCategory.choices,
+        blank=True,
+        help_text="Which of the six big losses an unplanned stop of this reason is; "
+        "empty: as its parent (a breakdown at the root).",
     )
 
     class Meta:

@@ -40,6 +40,8 @@ READABLE_MODELS = (
     "qualityevent",
 )
 VIEW_ALL = [f"mes.view_{model}" for model in READABLE_MODELS] + [
+    # OEE, the downtime Pareto, MTBF and MTTR (docs/oee.md): read by everyone who reads the MES.
+    "mes.view_oee",
     # Foresight's model registry, scores and defect alerts are read by everyone who reads the MES.
     "foresight.view_modelversion",
     "foresight.view_score",
@@ -125,12 +127,32 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
 }
 
 
+def _declared_by_a_later_migration(app_label: str, codename: str, permission_model) -> bool:
+    """A custom permission the models declare (`Meta.permissions`) that the migration state
+    running now does not declare yet: the migration that adds it calls `sync_roles` again."""
+    from django.apps import apps as current_apps
+
+    def declared(registry) -> bool:
+        try:
+            app_config = registry.get_app_config(app_label)
+        except LookupError:
+            return False
+        return any(
+            codename == declared_codename
+            for model in app_config.get_models()
+            for declared_codename, _ in model._meta.permissions
+        )
+
+    return declared(current_apps) and not declared(permission_model._meta.apps)
+
+
 def sync_roles(group_model, permission_model) -> None:
     """Create each role's group and set exactly its permissions (idempotent).
 
     Permissions of an app whose models do not exist yet (Foresight's, while the MES migrations
-    run) are skipped: that app's own migration calls this again once they exist. Any other
-    missing permission is an error (a typo in the table above).
+    run), and permissions a later migration declares (`mes.view_oee`, while 0003 runs), are
+    skipped: the migration that creates them calls this again. Any other missing permission is
+    an error (a typo in the table above).
     """
     content_type_model = permission_model._meta.get_field("content_type").related_model
     for role, codenames in ROLE_PERMISSIONS.items():
@@ -144,6 +166,8 @@ def sync_roles(group_model, permission_model) -> None:
             if permission is None:
                 if not content_type_model.objects.filter(app_label=app_label).exists():
                     continue  # the app's models do not exist yet
+                if _declared_by_a_later_migration(app_label, codename, permission_model):
+                    continue
                 raise permission_model.DoesNotExist(f"no permission {dotted}")
             permissions.append(permission)
         group.permissions.set(permissions)

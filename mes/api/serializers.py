@@ -7,6 +7,7 @@ naming something unknown is a 422. The rules of the MES stay in mes/services.py.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 
 from django.contrib.auth import get_user_model
@@ -488,3 +489,209 @@ class QualityEventInputSerializer(InputSerializer):
         attrs = super().validate(attrs)
         attrs["unit"] = attrs.pop("unit", None) or attrs.pop("vin")
         return attrs
+
+
+# -- OEE and downtime (mes/oee.py, docs/oee.md) -------------------------------------------------
+
+
+def _seconds(help_text: str, **kwargs) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=14, decimal_places=3, read_only=True, help_text=help_text, **kwargs
+    )
+
+
+def _ratio(help_text: str) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=16, decimal_places=6, read_only=True, allow_null=True, help_text=help_text
+    )
+
+
+def _units(help_text: str) -> serializers.IntegerField:
+    return serializers.IntegerField(read_only=True, help_text=help_text)
+
+
+class OeeSerializer(serializers.Serializer):
+    """One row of reporting.oee_report: a station or line over a shift, a day or a period.
+    Ratios are fractions (0.888095 is 88.81 %); times are seconds."""
+
+    site = serializers.CharField(read_only=True, help_text="Site code.")
+    line = serializers.CharField(read_only=True, help_text="Line code.")
+    station = serializers.CharField(
+        read_only=True, allow_null=True, help_text="Station code; null on line rows."
+    )
+    shift_name = serializers.CharField(
+        read_only=True, allow_null=True, help_text="Shift name; null unless per shift."
+    )
+    shift_start = serializers.DateTimeField(read_only=True, allow_null=True)
+    shift_end = serializers.DateTimeField(read_only=True, allow_null=True)
+    business_date = serializers.DateField(
+        read_only=True, allow_null=True, help_text="Local date the shifts belong to."
+    )
+    period_start = serializers.DateTimeField(read_only=True, help_text="First instant reported.")
+    period_end = serializers.DateTimeField(
+        read_only=True, help_text="Last instant reported (now for a running shift)."
+    )
+    stations = _units("Stations summed in this row.")
+    calendar_seconds = _seconds("All time, the basis of TEEP.", allow_null=True)
+    planned_seconds = _seconds("Planned production time: shift time minus planned stops.")
+    run_seconds = _seconds("Planned production time minus downtime.")
+    downtime_seconds = _seconds("Unplanned stops at or above the micro-stop threshold.")
+    total_count = _units("Units made, good and scrap.")
+    good_count = _units("Good units.")
+    scrap_count = _units("Rejected units.")
+    ideal_cycle_seconds = serializers.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        read_only=True,
+        allow_null=True,
+        help_text="Mean ideal cycle time of the units made (weighted by count).",
+    )
+    availability = _ratio("run / planned.")
+    performance = _ratio("ideal cycle time * total count / run.")
+    quality = _ratio("good / total.")
+    oee = _ratio("availability * performance * quality.")
+    teep = _ratio("OEE * planned / calendar time.")
+    breakdown_seconds = _seconds("Downtime of breakdown reasons (and stops without reason).")
+    setup_seconds = _seconds("Downtime of setup and adjustment reasons.")
+    small_stop_seconds = _seconds("Unplanned stops shorter than the micro-stop threshold.")
+    small_stop_count = _units("Small stops that started here.")
+    reduced_speed_seconds = _seconds("Performance loss the small stops do not explain.")
+    startup_reject_count = _units("Scrap made while production (re)started.")
+    production_reject_count = _units("The other scrap.")
+    startup_reject_seconds = _seconds("Ideal time spent on startup rejects.")
+    production_reject_seconds = _seconds("Ideal time spent on production rejects.")
+    ideal_seconds = _seconds("Ideal cycle time * total count.")
+    fully_productive_seconds = _seconds("Ideal cycle time * good count.")
+    unrated_count = _units("Units with no ideal cycle time (the station is on no route).")
+    stop_count = _units("Downtime stops that started here.")
+    failure_count = _units("Breakdown stops that started here.")
+    mtbf_seconds = _seconds("Mean time between failures: run / failures.", allow_null=True)
+    mttr_seconds = _seconds("Mean time to repair: failures' duration / failures.", allow_null=True)
+    defect_count = _units("Quality events found at the station here.")
+
+
+class ReliabilitySerializer(serializers.Serializer):
+    site = serializers.CharField(read_only=True, help_text="Site code.")
+    line = serializers.CharField(read_only=True, help_text="Line code.")
+    station = serializers.CharField(
+        read_only=True, allow_null=True, help_text="Station code; null on line rows."
+    )
+    period_start = serializers.DateTimeField(read_only=True)
+    period_end = serializers.DateTimeField(read_only=True)
+    run_seconds = _seconds("Planned production time minus downtime.")
+    downtime_seconds = _seconds("Unplanned stops at or above the micro-stop threshold.")
+    stop_count = _units("Downtime stops that started in the period.")
+    failure_count = _units("Breakdown stops that started in the period.")
+    mtbf_seconds = _seconds("Mean time between failures: run / failures.", allow_null=True)
+    mttr_seconds = _seconds("Mean time to repair: failures' duration / failures.", allow_null=True)
+
+
+class DowntimeParetoSerializer(serializers.Serializer):
+    pareto_rank = _units("1 cost the most time.")
+    key = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="Reason code, station code or shift name; null for stops without a reason.",
+    )
+    name = serializers.CharField(read_only=True)
+    stop_count = _units("Downtime stops that started in the period.")
+    small_stop_count = _units("Small stops that started in the period.")
+    downtime_seconds = _seconds("Time lost to downtime (availability).")
+    small_stop_seconds = _seconds("Time lost to small stops (performance).")
+    lost_seconds = _seconds("Both.")
+    share = _ratio("This row's part of all lost time.")
+    cumulative_share = _ratio("This row's and the rows ranked above it.")
+
+
+class DowntimeStopSerializer(serializers.Serializer):
+    site = serializers.CharField(read_only=True)
+    line = serializers.CharField(read_only=True)
+    station = serializers.CharField(read_only=True)
+    shift_name = serializers.CharField(read_only=True)
+    shift_start = serializers.DateTimeField(read_only=True)
+    business_date = serializers.DateField(read_only=True)
+    reason_code = serializers.CharField(read_only=True, allow_null=True)
+    reason_name = serializers.CharField(read_only=True)
+    root_reason_code = serializers.CharField(read_only=True, allow_null=True)
+    reason_path = serializers.CharField(read_only=True, allow_null=True)
+    loss_category = serializers.CharField(read_only=True, help_text="breakdown or setup.")
+    loss = serializers.CharField(read_only=True, help_text="downtime or small_stop.")
+    started_at = serializers.DateTimeField(read_only=True)
+    ended_at = serializers.DateTimeField(read_only=True, help_text="Now while it lasts.")
+    duration_seconds = _seconds("The whole stop.")
+    lost_seconds = _seconds("Planned production time it cost in this shift.")
+    stop_count = _units("1 in the shift where the stop started, else 0.")
+
+
+class OeeScopeQuerySerializer(InputSerializer):
+    line = serializers.IntegerField(
+        min_value=1, max_value=POSTGRES_INT_MAX, required=False, help_text="Only this line (id)."
+    )
+    station = serializers.CharField(
+        max_length=32, required=False, help_text="Only this station (code)."
+    )
+
+    references = {"line": selectors.line_by_id, "station": selectors.station_by_code}
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        line, station = attrs.get("line"), attrs.get("station")
+        if line is not None and station is not None and station.line_id != line.pk:
+            raise serializers.ValidationError({"station": [f"not on line {line.pk}"]})
+        return attrs
+
+
+class OeePeriodQuerySerializer(OeeScopeQuerySerializer):
+    start = InstantField(help_text="From this instant (inclusive), with its time zone.")
+    end = InstantField(help_text="Until this instant (exclusive); at most 366 days later.")
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["end"] <= attrs["start"]:
+            raise serializers.ValidationError({"end": ["must be after start"]})
+        if attrs["end"] - attrs["start"] > dt.timedelta(days=366):
+            raise serializers.ValidationError({"end": ["at most 366 days after start"]})
+        return super().validate(attrs)
+
+
+class OeeOverPeriodQuerySerializer(OeePeriodQuerySerializer):
+    per = serializers.ChoiceField(
+        choices=["station", "line"], default="station", help_text="One row per station or line."
+    )
+
+
+class OeeDaysQuerySerializer(OeeScopeQuerySerializer):
+    first_day = serializers.DateField(help_text="First business date (the shifts' local date).")
+    last_day = serializers.DateField(help_text="Last business date, at most 365 days later.")
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["last_day"] < attrs["first_day"]:
+            raise serializers.ValidationError({"last_day": ["must not be before first_day"]})
+        if attrs["last_day"] - attrs["first_day"] > dt.timedelta(days=365):
+            raise serializers.ValidationError({"last_day": ["at most 365 days after first_day"]})
+        return super().validate(attrs)
+
+
+class OeePerShiftQuerySerializer(OeeDaysQuerySerializer):
+    per = serializers.ChoiceField(
+        choices=["station", "line"], default="station", help_text="One row per station or line."
+    )
+
+
+class OeePerDayQuerySerializer(OeeDaysQuerySerializer):
+    per = serializers.ChoiceField(
+        choices=["station", "line"], default="line", help_text="One row per station or line."
+    )
+
+
+class DowntimeParetoQuerySerializer(OeePeriodQuerySerializer):
+    by = serializers.ChoiceField(
+        choices=["reason", "station", "shift"],
+        default="reason",
+        help_text="Group stops by reason, station or shift name.",
+    )
+    depth = serializers.IntegerField(
+        min_value=1,
+        max_value=32,
+        required=False,
+        help_text="By reason: roll the reason tree up to this depth (1: root reasons).",
+    )

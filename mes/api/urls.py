@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import re_path
 from rest_framework.routers import SimpleRouter
 
-from mes.api import views
+from mes.api import oee, views
 
 app_name = "api"
 
@@ -65,5 +65,14 @@ urlpatterns = [
         views.DowntimeCloseView.as_view(),
         name="downtime-event-close",
     ),
+    # OEE and downtime reports (docs/oee.md): GET only, permission mes.view_oee.
+    re_path(r"^oee/?$", oee.OeeOverPeriodView.as_view(), name="oee-over-period"),
+    re_path(r"^oee/shifts/?$", oee.OeePerShiftView.as_view(), name="oee-per-shift"),
+    re_path(r"^oee/days/?$", oee.OeePerDayView.as_view(), name="oee-per-day"),
+    re_path(r"^downtime/pareto/?$", oee.DowntimeParetoView.as_view(), name="downtime-pareto"),
+    re_path(
+        r"^downtime/reliability/?$", oee.ReliabilityView.as_view(), name="downtime-reliability"
+    ),
+    re_path(r"^downtime/stops/?$", oee.DowntimeStopsView.as_view(), name="downtime-stops"),
     *router.urls,
 ]
