@@ -3,7 +3,9 @@ actions that call `foresight.registry` (audited with source "admin", like every 
 
 Model versions are promoted, archived and rolled back here by whoever holds the permission; a
 form edit would bypass the registry events the scorers swap models on, so there is none.
-Alerts are acknowledged and resolved with feedback by actions. The score time series has a
+Alerts are acknowledged and resolved with feedback by actions; an SPC alert shows the rule,
+chart, signal and control limits that fired. Control limits (SPC) are computed by
+`manage.py spc_limits` and only stopped here (an action). The score time series has a
 composite primary key, which the Django admin cannot list: each model version's page shows a
 summary of its recent scores instead (the API serves the series, docs/api.md).
 """
@@ -20,7 +22,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from foresight import registry
-from foresight.models import AlertFeedback, DefectAlert, ModelStatus, ModelVersion
+from foresight.models import AlertFeedback, ControlLimits, DefectAlert, ModelStatus, ModelVersion
 from mes.admin import ADMIN_SOURCE, ReadOnlyAdmin
 from mes.audit import audit_context
 from mes.errors import MesError
@@ -196,11 +198,12 @@ class DefectAlertAdmin(ReadOnlyAdmin):
         "threshold",
         "source",
         "model_version",
+        "rule",
         "status",
         "feedback",
     ]
     list_select_related = ["station", "work_order", "model_version"]
-    list_filter = ["status", "feedback", "source", "station__line", "station"]
+    list_filter = ["status", "feedback", "source", "rule", "station__line", "station"]
     search_fields = ["vin", "unit__serial", "work_order__external_id", "station__code", "=id"]
     date_hierarchy = "ts"
     ordering = ["-ts"]
@@ -218,6 +221,10 @@ class DefectAlertAdmin(ReadOnlyAdmin):
         "threshold",
         "source",
         "model_version",
+        "rule",
+        "chart",
+        "signal",
+        "control_limits",
         "triggering_json",
         "explanation_table",
         "status",
@@ -282,4 +289,80 @@ class DefectAlertAdmin(ReadOnlyAdmin):
             f"alert(s) resolved as {feedback.replace('_', ' ')}",
             lambda alert: registry.resolve(alert=alert, feedback=feedback, user=request.user),
             name=lambda alert: f"#{alert.pk}",
+        )
+
+
+@admin.register(ControlLimits)
+class ControlLimitsAdmin(ReadOnlyAdmin):
+    """SPC limits: computed by `manage.py spc_limits` from a baseline (a form could not say
+    where the numbers came from); stopped by an action that calls the registry."""
+
+    list_display = [
+        "id",
+        "station",
+        "signal",
+        "chart",
+        "subgroup_size",
+        "interval",
+        "rules",
+        "centre",
+        "lcl",
+        "ucl",
+        "range_ucl",
+        "active",
+        "baseline_start",
+        "baseline_end",
+        "computed_at",
+    ]
+    list_select_related = ["station"]
+    list_filter = ["active", "chart", "station__line", "station"]
+    search_fields = ["station__code", "signal", "=id"]
+    date_hierarchy = "computed_at"
+    ordering = ["-computed_at"]
+    actions = ["stop_charting"]
+    fields = [
+        "station",
+        "signal",
+        "chart",
+        "subgroup_size",
+        "interval",
+        "rules",
+        "centre",
+        "sigma",
+        "ucl",
+        "lcl",
+        "range_centre",
+        "range_ucl",
+        "range_lcl",
+        "baseline_start",
+        "baseline_end",
+        "baseline_samples",
+        "baseline_points",
+        "baseline_points_outside",
+        "active",
+        "computed_by",
+        "computed_at",
+        "deactivated_at",
+        "alert_count",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="alerts raised")
+    def alert_count(self, limits):
+        return limits.alerts.count()
+
+    def has_stop_permission(self, request):
+        return request.user.has_perm("foresight.change_controllimits")
+
+    @admin.action(description="Stop charting the selected limits' signals", permissions=["stop"])
+    def stop_charting(self, request, queryset):
+        _each(
+            self,
+            request,
+            list(queryset.filter(active=True).select_related("station").order_by("id")),
+            "signal(s) no longer charted",
+            lambda limits: registry.control_limits_deactivate(
+                station=limits.station, signal=limits.signal, user=request.user
+            ),
+            name=lambda limits: f"{limits.station.code}.{limits.signal}",
         )

@@ -18,6 +18,13 @@ Alerts: `raise_alert` (the scorer) records an alert once per triggering sample, 
 VIN, work order and firmware the MES had at the station at that instant, and publishes it on
 `aegis.defect.alerts.<station>`. People `acknowledge` it and `resolve` it with feedback (true
 defect or false alarm), which training reads as a label.
+
+SPC (foresight/spc.py, docs/spc.md): `control_limits_from_baseline` computes a station signal's
+control limits from stored telemetry and `control_limits_activate` makes them the active ones
+(replacing the previous, audited, with a registry event so the scorers reload them at once);
+`control_limits_in_use` is what the scorer's `SpcMonitor` charts against, and
+`raise_spc_violation` turns a rule that fired into a defect alert (`source` "spc", one per
+sample, signal, chart and rule) through `raise_alert`.
 """
 
 from __future__ import annotations
@@ -26,22 +33,28 @@ import datetime as dt
 import math
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
+import numpy as np
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from foresight import artifacts
+from foresight import artifacts, spc
 from foresight.models import (
     KIND_PATTERN,
+    SPC_RULES,
     VERSION_PATTERN,
     AlertFeedback,
     AlertSource,
     AlertStatus,
+    ControlLimits,
     DefectAlert,
     ModelStatus,
     ModelVersion,
+    SpcChart,
+    SpcChartName,
 )
 from mes.audit import audit_record, snapshot
 from mes.errors import Conflict, InvalidInput, TransitionRefused
@@ -487,6 +500,39 @@ def alert_payload(alert: DefectAlert) -> dict:
         "explanation": alert.explanation,
         "status": alert.status,
         "raised_at": alert.created_at.isoformat(),
+        "rule": alert.rule,
+        "chart": alert.chart,
+        "signal": alert.signal,
+        "spc": _spc_details(alert) if alert.source == AlertSource.SPC else None,
+    }
+
+
+def _spc_details(alert: DefectAlert) -> dict:
+    """What an SPC alert's rule saw: the rule by number and name, the point and the lines of
+    the chart it fired on."""
+    limits = alert.control_limits
+    number = int(alert.rule.removeprefix("nelson_"))
+    spread = alert.chart in (SpcChartName.R, SpcChartName.MR)
+    centre, ucl, lcl = (
+        (limits.range_centre, limits.range_ucl, limits.range_lcl)
+        if spread
+        else (limits.centre, limits.ucl, limits.lcl)
+    )
+    return {
+        "rule": number,
+        "rule_name": spc.RULE_NAMES[number],
+        "chart": alert.chart,
+        "signal": alert.signal,
+        "subgroup_size": limits.subgroup_size,
+        "value": alert.score,
+        "line": alert.threshold,
+        "centre": centre,
+        "ucl": ucl,
+        "lcl": lcl,
+        "sigma": limits.sigma,
+        "limits": limits.pk,
+        "baseline_start": limits.baseline_start.isoformat(),
+        "baseline_end": limits.baseline_end.isoformat(),
     }
 
 
@@ -505,16 +551,36 @@ def raise_alert(
     vin: str | None = None,
     work_order: WorkOrder | None = None,
     firmware: dict | None = None,
+    source: str | None = None,
+    rule: str | None = None,
+    chart: str | None = None,
+    signal: str | None = None,
+    control_limits: ControlLimits | None = None,
 ) -> DefectAlert:
     """Record the alert of a triggering sample and queue its publication. Raising it again
     for the same sample (a redelivered message, a restarted scorer) returns the first alert
     and publishes nothing more. The unit, VIN, work order and firmware are the MES's at the
-    station at `ts` unless the caller knows them."""
+    station at `ts` unless the caller knows them.
+
+    `source` is "model" with a model version, "baseline" without, and "spc" for an SPC rule,
+    which names the `rule` (nelson_1 … nelson_8), the `chart`, the `signal` and the
+    `control_limits`; an SPC alert is one per sample, signal, chart and rule. Left out, the
+    source follows from what is given."""
     if timezone.is_naive(ts):
         raise InvalidInput("timestamps must carry a time zone", fields={"ts": ["naive datetime"]})
     score = _finite("score", score)
     threshold = _finite("threshold", threshold)
-    existing = DefectAlert.objects.filter(station=station, ts=ts, seq=seq).first()
+    source = _alert_source(
+        source,
+        model_version=model_version,
+        rule=rule,
+        chart=chart,
+        signal=signal,
+        control_limits=control_limits,
+    )
+    existing = DefectAlert.objects.filter(
+        station=station, ts=ts, seq=seq, signal=signal, chart=chart, rule=rule
+    ).first()
     if existing is not None:
         return existing
     if unit is None:
@@ -539,13 +605,19 @@ def raise_alert(
                 score=score,
                 threshold=threshold,
                 model_version=model_version,
-                source=AlertSource.MODEL if model_version is not None else AlertSource.BASELINE,
+                source=source,
                 triggering=_signal_values(triggering or {}),
                 explanation=_explanation_rows(explanation or []),
+                rule=rule,
+                chart=chart,
+                signal=signal,
+                control_limits=control_limits,
             )
     except IntegrityError as error:
-        if _constraint(error) == "foresight_alert_once_per_sample":
-            return DefectAlert.objects.get(station=station, ts=ts, seq=seq)  # a concurrent raise
+        if _constraint(error) == "foresight_alert_once_per_sample":  # a concurrent raise
+            return DefectAlert.objects.get(
+                station=station, ts=ts, seq=seq, signal=signal, chart=chart, rule=rule
+            )
         raise
     audit_record(action=AuditAction.CREATE, instance=alert)
     outbox_enqueue(
@@ -555,6 +627,50 @@ def raise_alert(
         payload=alert_payload(alert),
     )
     return alert
+
+
+def _alert_source(
+    source: str | None,
+    *,
+    model_version: ModelVersion | None,
+    rule: str | None,
+    chart: str | None,
+    signal: str | None,
+    control_limits: ControlLimits | None,
+) -> str:
+    """The alert's source, checked against what names it (the constraints hold it as well)."""
+    spc_fields = {"rule": rule, "chart": chart, "signal": signal, "control_limits": control_limits}
+    if source is None:
+        if any(value is not None for value in spc_fields.values()):
+            source = AlertSource.SPC
+        else:
+            source = AlertSource.MODEL if model_version is not None else AlertSource.BASELINE
+    if source not in AlertSource.values:
+        raise InvalidInput(
+            f"an alert's source is {', '.join(AlertSource.values)}, not {source!r}",
+            fields={"source": [f"one of {', '.join(AlertSource.values)}"]},
+        )
+    errors: dict[str, list[str]] = {}
+    if source == AlertSource.SPC:
+        if rule not in SPC_RULES:
+            errors["rule"] = ["nelson_1 … nelson_8"]
+        if chart not in SpcChartName.values:
+            errors["chart"] = [f"one of {', '.join(SpcChartName.values)}"]
+        if not signal:
+            errors["signal"] = ["the charted signal"]
+        if control_limits is None:
+            errors["control_limits"] = ["the limits the rule judged against"]
+        if model_version is not None:
+            errors["model_version"] = ["an SPC alert has no model"]
+    else:
+        errors.update(
+            {name: ["only for SPC alerts"] for name, value in spc_fields.items() if value}
+        )
+        if (source == AlertSource.MODEL) != (model_version is not None):
+            errors["model_version"] = ["a model alert has its model, a baseline alert none"]
+    if errors:
+        raise InvalidInput(f"not a valid {source} alert", fields=errors)
+    return source
 
 
 def _noted(existing: str, note: str) -> str:
@@ -626,3 +742,281 @@ def resolve(*, alert: DefectAlert, feedback: str, note: str = "", user=None) -> 
     )
     audit_record(action=AuditAction.UPDATE, instance=current, before=before)
     return current
+
+
+# -- SPC: control limits and violations --------------------------------------------------------
+
+
+def control_limits_in_use(station_ids: Iterable[int] | None = None) -> list[spc.Limits]:
+    """The active limits (of some stations, or all) as the scorer's `SpcMonitor` takes them."""
+    rows = ControlLimits.objects.filter(active=True).order_by("station_id", "signal")
+    if station_ids is not None:
+        rows = rows.filter(station_id__in=list(station_ids))
+    return [_limits_of(row) for row in rows]
+
+
+def _limits_of(row: ControlLimits) -> spc.Limits:
+    return spc.Limits(
+        subgroup_size=row.subgroup_size,
+        centre=row.centre,
+        sigma=row.sigma,
+        ucl=row.ucl,
+        lcl=row.lcl,
+        range_centre=row.range_centre,
+        range_ucl=row.range_ucl,
+        range_lcl=row.range_lcl,
+        baseline_samples=row.baseline_samples,
+        baseline_points=row.baseline_points,
+        rules=spc.parse_rules(row.rules),
+        interval=row.interval,
+        id=row.pk,
+        station_id=row.station_id,
+        signal=row.signal,
+    )
+
+
+def baseline_values(
+    *,
+    station: Station,
+    signal: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The signal's stored samples in the range, in (ts, seq) order (samples without it left
+    out); `progress(read, total)` hears of each chunk read."""
+    from foresight import training  # the web tier imports this module; only baselines read
+
+    training.check_range(start, end)
+    total = training.range_sample_count(station_id=station.pk, start=start, end=end)
+    parts, read = [], 0
+    for chunk in training.telemetry_chunks(
+        station_id=station.pk, start=start, end=end, signals=[signal]
+    ):
+        column = chunk.values[signal]
+        parts.append(column[np.isfinite(column)])
+        read += len(chunk)
+        if progress is not None:
+            progress(read, total)
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
+
+
+def control_limits_from_baseline(
+    *,
+    station: Station,
+    signal: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    subgroup_size: int = 1,
+    interval: int = 0,
+    rules: str = "all",
+    user=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ControlLimits, bool]:
+    """Compute a station signal's limits from its stored telemetry over [start, end] (a period
+    judged normal) and make them the active ones: subgroups of `subgroup_size` samples (1:
+    individuals), one starting every `interval` samples (0: back to back), alerts for `rules`
+    ("1,2,5,6" or "all"). Returns the limits and whether they are new (the same baseline and
+    settings computed again change nothing)."""
+    try:
+        chosen = spc.parse_rules(rules)
+    except spc.SpcError as error:
+        raise InvalidInput(str(error), fields={"rules": ["numbers 1 to 8, or all"]}) from None
+    if not isinstance(subgroup_size, int) or not (
+        subgroup_size == 1 or subgroup_size in spc.CONSTANTS
+    ):
+        raise InvalidInput(
+            f"the subgroup size is 1 (I-MR) or 2 to {spc.MAX_SUBGROUP} (X̄-R), not {subgroup_size}",
+            fields={"subgroup_size": [f"1 to {spc.MAX_SUBGROUP}"]},
+        )
+    if not isinstance(interval, int) or interval < 0 or (0 < interval < subgroup_size):
+        raise InvalidInput(
+            f"a subgroup of {subgroup_size} starts every {subgroup_size} or more samples, not "
+            f"every {interval}",
+            fields={"interval": [f"0 (back to back) or at least {subgroup_size}"]},
+        )
+    values = baseline_values(
+        station=station, signal=signal, start=start, end=end, progress=progress
+    )
+    if values.shape[0] == 0:
+        raise InvalidInput(
+            f"station {station.code} has no numeric {signal!r} samples from {start.isoformat()} "
+            f"to {end.isoformat()}",
+            fields={"signal": ["no samples in the range"]},
+        )
+    try:
+        limits = replace(spc.compute_limits(values, subgroup_size, interval=interval), rules=chosen)
+    except spc.SpcError as error:
+        raise InvalidInput(str(error), fields={"start": [str(error)]}) from None
+    return control_limits_activate(
+        station=station,
+        signal=signal,
+        limits=limits,
+        baseline_start=start,
+        baseline_end=end,
+        baseline_points_outside=spc.points_outside(values, limits),
+        user=user,
+    )
+
+
+_LIMIT_FIELDS = (
+    "subgroup_size",
+    "centre",
+    "sigma",
+    "ucl",
+    "lcl",
+    "range_centre",
+    "range_ucl",
+    "range_lcl",
+    "baseline_samples",
+    "baseline_points",
+)
+
+
+@transaction.atomic
+def control_limits_activate(
+    *,
+    station: Station,
+    signal: str,
+    limits: spc.Limits,
+    baseline_start: dt.datetime,
+    baseline_end: dt.datetime,
+    baseline_points_outside: int = 0,
+    user=None,
+) -> tuple[ControlLimits, bool]:
+    """Store limits as the station signal's active ones, replacing the previous (kept,
+    inactive). Returns the active limits and whether they are new: the same limits from the
+    same baseline are already active and nothing changes. The scorers reload them at once."""
+    if timezone.is_naive(baseline_start) or timezone.is_naive(baseline_end):
+        raise InvalidInput(
+            "timestamps must carry a time zone", fields={"baseline_start": ["naive datetime"]}
+        )
+    station = _lock_station(station.pk)
+    current = ControlLimits.objects.filter(station=station, signal=signal, active=True).first()
+    wanted = {name: getattr(limits, name) for name in _LIMIT_FIELDS}
+    wanted["rules"] = spc.rules_text(limits.rules)
+    wanted["interval"] = limits.every
+    if (
+        current is not None
+        and all(getattr(current, name) == value for name, value in wanted.items())
+        and (current.baseline_start, current.baseline_end) == (baseline_start, baseline_end)
+    ):
+        return current, False
+    at = timezone.now()
+    if current is not None:
+        _deactivate(current, at=at)
+    try:
+        with transaction.atomic():
+            row = ControlLimits.objects.create(
+                station=station,
+                signal=signal,
+                chart=SpcChart.I_MR if limits.subgroup_size == 1 else SpcChart.XBAR_R,
+                baseline_start=baseline_start,
+                baseline_end=baseline_end,
+                baseline_points_outside=baseline_points_outside,
+                computed_by=_person(user),
+                computed_at=at,
+                **wanted,
+            )
+    except IntegrityError as error:
+        raise InvalidInput(
+            f"limits refused by the database ({_constraint(error)})",
+            fields={"limits": [str(_constraint(error))]},
+        ) from None
+    audit_record(action=AuditAction.CREATE, instance=row)
+    _spc_event(
+        station=station, kind="spc.limits_activated", row=row, at=at, user=user, replaced=current
+    )
+    return row, True
+
+
+@transaction.atomic
+def control_limits_deactivate(*, station: Station, signal: str, user=None) -> ControlLimits:
+    """Stop charting a station's signal: its active limits become inactive (kept, with the
+    alerts they raised)."""
+    station = _lock_station(station.pk)
+    current = ControlLimits.objects.filter(station=station, signal=signal, active=True).first()
+    if current is None:
+        raise TransitionRefused(
+            f"station {station.code} has no active control limits for {signal!r}",
+            fields={"signal": ["no active limits"]},
+        )
+    at = timezone.now()
+    _deactivate(current, at=at)
+    _spc_event(station=station, kind="spc.limits_deactivated", row=current, at=at, user=user)
+    return current
+
+
+def _deactivate(row: ControlLimits, *, at: dt.datetime) -> None:
+    before = snapshot(row)
+    row.active = False
+    row.deactivated_at = at
+    row.save(update_fields=["active", "deactivated_at"])
+    audit_record(action=AuditAction.UPDATE, instance=row, before=before)
+
+
+def _spc_event(
+    *,
+    station: Station,
+    kind: str,
+    row: ControlLimits,
+    at: dt.datetime,
+    user=None,
+    replaced: ControlLimits | None = None,
+) -> None:
+    """A registry event: the relay rewrites the station's KV entry in `foresight_models`, and
+    the scorers watching it reload the station's models and limits."""
+    person = _person(user)
+    outbox_enqueue(
+        station=station,
+        kind=kind,
+        subject=REGISTRY_SUBJECT,
+        payload={
+            "signal": row.signal,
+            "limits": row.pk,
+            "active": row.active,
+            "chart": row.chart,
+            "subgroup_size": row.subgroup_size,
+            "interval": row.interval,
+            "rules": row.rules,
+            "centre": row.centre,
+            "ucl": row.ucl,
+            "lcl": row.lcl,
+            "replaced": replaced.pk if replaced else None,
+            "by": person.get_username() if person else None,
+            "at": at.isoformat(),
+            "models": {**station_models(station), "updated_at": at.isoformat()},
+        },
+    )
+
+
+def raise_spc_violation(*, violation: spc.Violation) -> DefectAlert:
+    """The defect alert of an SPC rule that fired (once per sample, signal, chart and rule):
+    `score` is the charted point, `threshold` the line the rule tested."""
+    station = Station.objects.get(pk=violation.station_id)
+    limits = ControlLimits.objects.get(pk=violation.limits_id)
+    spread = violation.chart in (SpcChartName.R, SpcChartName.MR)
+    centre, ucl = (limits.range_centre, limits.range_ucl) if spread else (limits.centre, limits.ucl)
+    sigma = (ucl - centre) / 3  # one sigma of the charted point: a zone
+    return raise_alert(
+        station=station,
+        ts=dt.datetime.fromtimestamp(violation.ts_ms / 1000, dt.UTC),
+        seq=violation.seq,
+        score=violation.value,
+        threshold=violation.line,
+        triggering=violation.triggering,
+        explanation=[
+            {
+                "feature": f"{violation.signal}.{violation.chart}@{violation.subgroup_size}",
+                "signal": violation.signal,
+                "value": violation.value,
+                "z": (violation.value - violation.centre) / sigma if sigma > 0 else None,
+                "share": 1.0,
+            }
+        ],
+        source=AlertSource.SPC,
+        rule=violation.rule_code,
+        chart=violation.chart,
+        signal=violation.signal,
+        control_limits=limits,
+    )

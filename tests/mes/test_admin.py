@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import secrets
 
+import numpy as np
 import pytest
 from django import forms
 from django.apps import apps
@@ -18,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from foresight import registry
+from foresight import registry, spc
 from foresight.models import ModelVersion
 from mes import services
 from mes.audit import audit_context, audit_record
@@ -185,6 +186,14 @@ def shop_floor(plant):
         score=2.0,
         threshold=1.0,
         model_version=model,
+    )
+    baseline = np.linspace(9.0, 11.0, 40)  # 40 individuals: enough for I-MR limits
+    registry.control_limits_activate(
+        station=second,
+        signal="torque",
+        limits=spc.compute_limits(baseline, 1),
+        baseline_start=start,
+        baseline_end=start + dt.timedelta(minutes=1),
     )
     return unit
 
