@@ -1,4 +1,6 @@
-"""ASGI entry point served by daphne: Django over HTTP, Channels consumers over websockets."""
+"""ASGI entry point served by daphne: Django over HTTP, Channels consumers over websockets
+(aegis/routing.py: /ws/events/ and GraphQL subscriptions at /graphql), both signed in by the
+session and limited to the allowed hosts' origins."""
 
 import os
 

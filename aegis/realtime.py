@@ -20,5 +20,7 @@ def broadcast(event_type: str, payload: dict, *, group: str = PLANT_GROUP) -> No
 
 
 def broadcast_on_commit(event_type: str, payload: dict, *, group: str = PLANT_GROUP) -> None:
-    """Broadcast only once the surrounding transaction has committed (never a phantom event)."""
-    transaction.on_commit(lambda: broadcast(event_type, payload, group=group))
+    """Broadcast only once the surrounding transaction has committed (never a phantom event).
+    Robust: the write has committed, so a Redis outage is logged by Django, never raised into
+    the request that made it."""
+    transaction.on_commit(lambda: broadcast(event_type, payload, group=group), robust=True)

@@ -10,7 +10,7 @@ from drf_spectacular.views import (
 from aegis import views
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", include("aegis.ui.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("metrics", views.metrics, name="metrics"),
@@ -23,7 +23,9 @@ urlpatterns = [
     path("api/v1/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("api/v1/webhooks/", include("mes.webhooks.urls")),
     path("api/v1/foresight/", include("foresight.api.urls")),
+    path("api/v1/telemetry/", include("telemetry.api.urls")),
     path("api/v1/", include("mes.api.urls")),
+    path("", include("aegis.graphql.urls")),  # /graphql and GraphiQL (docs/graphql.md)
 ]
 
 admin.site.site_header = "Aegis administration"

@@ -4,16 +4,13 @@ import hmac
 import time
 
 from django.conf import settings
-from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from aegis.health import check_dependencies_cached
 from aegis.observability.metrics import READINESS_FAILURES, exposition
 from aegis.tasks import last_heartbeat
-from mes.selectors import plant_overview
 
 
 @require_GET
@@ -81,10 +78,3 @@ def metrics(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"detail": "a valid bearer token is required"}, status=401)
     payload, content_type = exposition()
     return HttpResponse(payload, content_type=content_type)
-
-
-def home(request: HttpRequest) -> HttpResponse:
-    """The front door: sign-in for visitors, the plant at a glance for signed-in users."""
-    if not request.user.is_authenticated:
-        return render(request, "home_signed_out.html", {"form": AuthenticationForm(request)})
-    return render(request, "home.html", {"plant": plant_overview()})

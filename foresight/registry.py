@@ -41,6 +41,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from aegis.realtime import PLANT_GROUP, broadcast_on_commit
 from foresight import artifacts, spc
 from foresight.models import (
     KIND_PATTERN,
@@ -702,6 +703,7 @@ def acknowledge(*, alert: DefectAlert, user=None, note: str = "") -> DefectAlert
     current.note = _noted(current.note, note)
     current.save(update_fields=["status", "acknowledged_at", "acknowledged_by", "note"])
     audit_record(action=AuditAction.UPDATE, instance=current, before=before)
+    _tell_browsers(current)
     return current
 
 
@@ -741,7 +743,16 @@ def resolve(*, alert: DefectAlert, feedback: str, note: str = "", user=None) -> 
         ]
     )
     audit_record(action=AuditAction.UPDATE, instance=current, before=before)
+    _tell_browsers(current)
     return current
+
+
+def _tell_browsers(alert: DefectAlert) -> None:
+    """After the commit, the alert with its new status to its station, line and plant: open
+    alert pages refresh the row, boards their counts (the event type of a raised alert)."""
+    payload = alert_payload(alert)
+    for group in (f"station.{alert.station.code}", f"line.{alert.station.line_id}", PLANT_GROUP):
+        broadcast_on_commit("defect.alert", payload, group=group)
 
 
 # -- SPC: control limits and violations --------------------------------------------------------

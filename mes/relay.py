@@ -24,6 +24,13 @@ and shadow versions) is also written to the KV bucket `foresight_models` under t
 code before the row counts as published, so the scorers' bucket never lags a marked row; the
 entry carries the event's stream sequence and an older event never overwrites a newer one.
 
+Browsers. After a batch is acknowledged and marked, every station whose tile on the plant board
+changed (a visit started or ended, a flash, a downtime, a unit completed) gets one `station.state`
+event on its websocket groups (station, line, plant): the station's MES state *now*, read from
+the database in two queries for the whole batch (`station_now`, the same read the board renders
+its first page from). Browsers are told, never waited for: a Redis failure is logged, counted
+and backed off, and never holds a publish back.
+
 docs/mes-state.md describes the contract for consumers and how to operate the relay.
 """
 
@@ -43,6 +50,7 @@ import nats.js.errors
 import orjson
 import psycopg
 import structlog
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections
 from nats.aio.client import Client
@@ -54,6 +62,7 @@ from psycopg import sql
 import aegis.observability.metrics  # noqa: F401 - names this process's metric files first
 from aegis import jetstream
 from aegis.backoff import Backoff
+from aegis.realtime import PLANT_GROUP
 from aegis.stopping import StopsOnSignals
 from mes.models import OutboxMessage
 from mes.outbox import REGISTRY_BUCKET, REGISTRY_SUBJECT
@@ -86,6 +95,11 @@ OUTBOX_LATENCY = Histogram(
     "aegis_outbox_publish_latency_seconds",
     "From the outbox row's insert (its commit) to the stream's acknowledgement.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+OUTBOX_BROWSER_EVENTS = Counter(
+    "aegis_outbox_browser_events_total",
+    "station.state events for browsers, by outcome (sent, failed, skipped while backing off).",
+    ["outcome"],
 )
 OUTBOX_RELAY_ACTIVE = Gauge(
     "aegis_outbox_relay_active",
@@ -612,6 +626,232 @@ async def registry_state_put(js: JetStreamContext, row: PendingMessage, seq: int
     return True
 
 
+# -- browsers: the station's MES state now, as the plant board shows it --------------------------
+
+# MES-state messages that change what a station's tile on the board shows.
+BROWSER_KINDS = frozenset(
+    {
+        "visit.started",
+        "visit.ended",
+        "firmware.flashed",
+        "downtime.started",
+        "downtime.ended",
+        "unit.completed",
+    }
+)
+STATION_STATE_EVENT = "station.state"
+
+
+# Each station with where it sits, its signals, and the visit and the downtime in progress now.
+# Visits (and downtimes) never overlap at a station, so the latest one that began by now is the
+# only candidate: one backward step of the (station, arrived_at) index per station.
+STATION_NOW_SQL = """
+SELECT st.id, st.code, st.name, st.station_type, li.id, li.code, li.name, ar.name, si.name,
+       si.timezone,
+       (SELECT coalesce(json_agg(json_build_object('name', sg.name, 'unit', sg.unit,
+                                                   'min', sg.nominal_min, 'max', sg.nominal_max)
+                                 ORDER BY sg.id), '[]'::json)
+          FROM mes_stationsignal sg WHERE sg.station_id = st.id),
+       vi.arrived_at, un.id, un.serial, un.vin, wo.external_id, pr.code,
+       dn.started_at, dn.planned, dr.code, dr.name
+FROM mes_station st
+JOIN mes_line li ON li.id = st.line_id
+JOIN mes_area ar ON ar.id = li.area_id
+JOIN mes_site si ON si.id = ar.site_id
+LEFT JOIN LATERAL (
+    SELECT v.arrived_at, v.left_at, v.unit_id FROM mes_stationvisit v
+    WHERE v.station_id = st.id AND v.arrived_at <= now()
+    ORDER BY v.arrived_at DESC LIMIT 1
+) vi ON vi.left_at IS NULL OR vi.left_at > now()
+LEFT JOIN mes_unit un ON un.id = vi.unit_id
+LEFT JOIN mes_workorder wo ON wo.id = un.work_order_id
+LEFT JOIN mes_product pr ON pr.id = wo.product_id
+LEFT JOIN LATERAL (
+    SELECT d.started_at, d.ended_at, d.planned, d.reason_id FROM mes_downtimeevent d
+    WHERE d.station_id = st.id AND d.started_at <= now()
+    ORDER BY d.started_at DESC LIMIT 1
+) dn ON dn.ended_at IS NULL OR dn.ended_at > now()
+LEFT JOIN mes_downtimereason dr ON dr.id = dn.reason_id
+WHERE %(every)s OR st.code = ANY(%(codes)s)
+ORDER BY si.code, ar.code, li.code, st.position, st.code
+"""
+# The firmware on each unit now: its latest flash per component.
+FIRMWARE_NOW_SQL = """
+SELECT DISTINCT ON (unit_id, component) unit_id, component, version
+FROM mes_firmwareflash
+WHERE unit_id = ANY(%(units)s) AND flashed_at <= now()
+ORDER BY unit_id, component, flashed_at DESC, id DESC
+"""
+
+
+@dataclass
+class StationNow:
+    """A station, where it sits in the plant, and its MES state now (`state`: the body of a
+    `station.state` event)."""
+
+    station_id: int
+    code: str
+    name: str
+    station_type: str
+    line_id: int
+    line_code: str
+    line_name: str
+    area_name: str
+    site_name: str
+    timezone: str
+    signals: list[dict]
+    state: dict
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _stations_now(rows: list[tuple], firmware_rows: list[tuple]) -> list[StationNow]:
+    firmware: dict[int, dict[str, str]] = defaultdict(dict)
+    for unit_id, component, version in firmware_rows:
+        firmware[unit_id][component] = version
+    stations = []
+    for row in rows:
+        (station_id, code, name, station_type, line_id, line_code, line_name, area_name) = row[:8]
+        site_name, timezone, signals, arrived_at, unit_id, serial, vin = row[8:15]
+        work_order, product, down_since, planned, reason, reason_name = row[15:]
+        downtime = None
+        if down_since is not None:
+            downtime = {
+                "started_at": _iso(down_since),
+                "planned": planned,
+                "reason": reason,
+                "reason_name": reason_name,
+            }
+        state = {
+            "station": code,
+            "line": line_id,
+            "state": "down" if downtime else ("occupied" if unit_id is not None else "idle"),
+            "unit": serial,
+            "vin": vin,
+            "work_order": work_order,
+            "product": product,
+            "arrived_at": _iso(arrived_at),
+            "firmware": firmware.get(unit_id, {}) if unit_id is not None else {},
+            "downtime": downtime,
+        }
+        stations.append(
+            StationNow(
+                station_id=station_id,
+                code=code,
+                name=name,
+                station_type=station_type,
+                line_id=line_id,
+                line_code=line_code,
+                line_name=line_name,
+                area_name=area_name,
+                site_name=site_name,
+                timezone=timezone,
+                signals=signals if isinstance(signals, list) else orjson.loads(signals),
+                state=state,
+            )
+        )
+    return stations
+
+
+def _now_parameters(codes: list[str] | None) -> dict:
+    return {"every": codes is None, "codes": list(codes or [])}
+
+
+def _units(rows: list[tuple]) -> list[int]:
+    return sorted({row[12] for row in rows if row[12] is not None})
+
+
+def station_now(codes: list[str] | None = None) -> list[StationNow]:
+    """The stations named (every station when None) in plant order, with their MES state now:
+    two queries through Django's connection (the board's first render)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(STATION_NOW_SQL, _now_parameters(codes))
+        rows = cursor.fetchall()
+        units = _units(rows)
+        firmware_rows = []
+        if units:
+            cursor.execute(FIRMWARE_NOW_SQL, {"units": units})
+            firmware_rows = cursor.fetchall()
+    return _stations_now(rows, firmware_rows)
+
+
+async def station_now_async(
+    connection: psycopg.AsyncConnection, codes: list[str]
+) -> list[StationNow]:
+    """`station_now` through the relay's own session."""
+    cursor = await connection.execute(STATION_NOW_SQL, _now_parameters(codes))
+    rows = await cursor.fetchall()
+    units = _units(rows)
+    firmware_rows = []
+    if units:
+        cursor = await connection.execute(FIRMWARE_NOW_SQL, {"units": units})
+        firmware_rows = await cursor.fetchall()
+    return _stations_now(rows, firmware_rows)
+
+
+def station_groups(code: str, line_id: int) -> tuple[str, ...]:
+    """The websocket groups that hear about a station (aegis/consumers.py)."""
+    return (f"station.{code}", f"line.{line_id}", PLANT_GROUP)
+
+
+class BrowserStates:
+    """Sends `station.state` events for the stations a batch changed; never raises, never waits
+    on Redis longer than `timeout_s`, and skips sending for a growing while after a failure."""
+
+    def __init__(self, *, timeout_s: float = 2.0) -> None:
+        self.timeout_s = timeout_s
+        self.backoff = Backoff(1.0, 30.0)
+        self.retry_after = 0.0
+        self.sent = 0
+
+    async def send(self, connection: psycopg.AsyncConnection, changed: dict[str, dict]) -> int:
+        """`changed`: station code → the payload of its latest published message."""
+        if not changed:
+            return 0
+        if time.monotonic() < self.retry_after:
+            OUTBOX_BROWSER_EVENTS.labels("skipped").inc(len(changed))
+            return 0
+        try:
+            stations = await station_now_async(connection, sorted(changed))
+            events = [
+                (
+                    station_groups(now.code, now.line_id),
+                    {
+                        "type": "plant.event",
+                        "event": {
+                            "type": STATION_STATE_EVENT,
+                            **now.state,
+                            "kind": changed[now.code].get("kind"),
+                            "at": changed[now.code].get("at"),
+                        },
+                    },
+                )
+                for now in stations
+            ]
+            await asyncio.wait_for(self._group_send(events), self.timeout_s)
+        except Exception as error:  # noqa: BLE001 - browsers are a courtesy: nothing stops publishing
+            OUTBOX_BROWSER_EVENTS.labels("failed").inc(len(changed))
+            delay = self.backoff.next()
+            self.retry_after = time.monotonic() + delay
+            logger.warning("outbox.browser_push_failed", error=_describe(error), retry_in_s=delay)
+            return 0
+        self.backoff.reset()
+        OUTBOX_BROWSER_EVENTS.labels("sent").inc(len(events))
+        self.sent += len(events)
+        return len(events)
+
+    @staticmethod
+    async def _group_send(events: list[tuple[tuple[str, ...], dict]]) -> None:
+        layer = get_channel_layer()
+        for groups, message in events:
+            for group in groups:
+                await layer.group_send(group, message)
+
+
 # -- the relay --------------------------------------------------------------------------------
 
 
@@ -627,6 +867,7 @@ class BatchReport:
     failed: int = 0
     stations: int = 0
     states_written: int = 0
+    browser_events: int = 0
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     backlog_age_s: float = 0.0
@@ -696,6 +937,7 @@ class OutboxRelay(StopsOnSignals):
         self.client: Client | None = None
         self.js: JetStreamContext | None = None
         self.states: StationStates | None = None
+        self.browsers = BrowserStates()
         self.leading = False
         self.totals = RelayTotals()
         self._stop: asyncio.Event | None = None
@@ -831,6 +1073,7 @@ class OutboxRelay(StopsOnSignals):
             outcomes = await asyncio.gather(*(self._publish_lane(lane) for lane in lanes.values()))
             published: list[int] = []
             failed: list[tuple[int, str]] = []
+            changed: dict[str, dict] = {}  # station → its latest message a board tile shows
             now = time.time()
             for acknowledged, failure in outcomes:
                 for row, ack in acknowledged:
@@ -844,6 +1087,8 @@ class OutboxRelay(StopsOnSignals):
                         self.states.apply(
                             row.station_code, row.payload, seq=ack.seq, outbox_id=row.id
                         )
+                        if row.kind in BROWSER_KINDS:
+                            changed[row.station_code] = row.payload
                 if failure is not None:
                     row, error = failure
                     reason = "nats_unavailable" if isinstance(error, _UNAVAILABLE) else "rejected"
@@ -856,6 +1101,7 @@ class OutboxRelay(StopsOnSignals):
             # drops the copies by Nats-Msg-Id.
             await self.store.mark(published=published, failed=failed)
             await self._flush_states(report)
+            report.browser_events = await self.browsers.send(self.store.connection, changed)
             oldest = await self.store.oldest_pending()
             report.backlog_age_s = max(0.0, time.time() - oldest.timestamp()) if oldest else 0.0
         OUTBOX_BACKLOG_AGE.set(report.backlog_age_s)
