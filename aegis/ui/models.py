@@ -107,7 +107,13 @@ def models_page(request: HttpRequest) -> HttpResponse:
             station=compared, start=end - dt.timedelta(hours=hours), end=end, points=CHART_POINTS
         )
         columns = [c for c in score_columns(chart) if c["source"] == "model"]
-        chart_data = {"station": compared.code, "series": columns}
+        start = end - dt.timedelta(hours=hours)  # the chosen span, even if one bucket has data
+        chart_data = {
+            "station": compared.code,
+            "series": columns,
+            "start": start.timestamp(),
+            "end": end.timestamp(),
+        }
         for column in columns:
             highs = [v for v in column["max"] if v is not None]
             threshold = column["threshold"]

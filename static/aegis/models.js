@@ -8,7 +8,11 @@
   const element = document.getElementById("models-compare");
   if (source && element && window.uPlot && window.Aegis && Aegis.charts) {
     const data = JSON.parse(source.textContent);
-    Aegis.charts.scores(element, data.series, { zone: "UTC", height: 240 });
+    Aegis.charts.scores(element, data.series, {
+      zone: "UTC",
+      height: 240,
+      xRange: () => [data.start, data.end],
+    });
   }
 
   const status = document.getElementById("model-action-status");
