@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -48,11 +50,11 @@ def station_samples(count: int, *, seed: int = 1, start_ms: int = 1_763_800_000_
     return ts, {"torque": torque, "angle": angle, "current": current}
 
 
-def push_in_parts(spec: FeatureSpec, ts, values, cuts) -> np.ndarray:
+def push_in_parts(spec: FeatureSpec, ts, values, cuts, dtype=np.float32) -> np.ndarray:
     windows = StationWindows(spec)
-    bounds = [0, *sorted(set(cuts)), len(ts)]
+    bounds = [0, *sorted({cut for cut in cuts if 0 < cut < len(ts)}), len(ts)]
     parts = [
-        windows.push(ts[a:b], {name: column[a:b] for name, column in values.items()})
+        windows.push(ts[a:b], {name: column[a:b] for name, column in values.items()}, dtype=dtype)
         for a, b in itertools.pairwise(bounds)
     ]
     return np.concatenate(parts)
@@ -289,3 +291,163 @@ def test_features_of_twenty_stations_keep_up_with_the_plant():
     # The scorer's budget is 20,000 samples/s on two shared cores: features alone must leave
     # most of a core for the rest (a lenient floor, so a busy CI machine does not flake).
     assert results[500] > 20_000
+
+
+def exact_window_features(
+    x: np.ndarray, features: Sequence[str]
+) -> tuple[list[float], list[float]]:
+    """The features of one window and the scale each is judged on, to within rounding.
+
+    Corrected two-pass with exactly rounded sums: deviations from a value of the window (exact
+    for samples close to it), their correctly rounded mean, then the moments about that mean
+    corrected for what is left of it. Plain two-pass in float64 loses the last digits of the
+    kurtosis of a signal that barely moves around a high level (around 1e-8 relatively).
+    """
+    n = len(x)
+    pivot = x[-1]
+    deviations = x - pivot
+    delta = math.fsum(deviations) / n
+    d = deviations - delta
+    rest = math.fsum(d) / n
+    s2, s3, s4 = (math.fsum(d**power) / n for power in (2, 3, 4))
+    m2 = s2 - rest**2
+    m4 = s4 - 4 * rest * s3 + 6 * rest**2 * s2 - 3 * rest**4
+    mean = pivot + delta + rest
+    flat = m2 <= (1e-9 * (abs(mean) + 1)) ** 2
+    variance = 0.0 if flat else m2
+    offsets = np.arange(n) - (n - 1) / 2
+    slope = math.fsum(d * offsets) / math.fsum(offsets * offsets)
+    spread = math.sqrt(variance)
+    values = {
+        "mean": (mean, abs(mean) + spread),
+        "std": (spread, spread),
+        "rms": (math.sqrt(mean * mean + variance), abs(mean) + spread),
+        "min": (x.min(), abs(mean) + spread),
+        "max": (x.max(), abs(mean) + spread),
+        # the steepest slope the spread allows
+        "slope": (0.0 if flat else slope, spread * math.sqrt(12 / max(n * n - 1, 1))),
+        "kurtosis": (0.0 if flat else m4 / (variance * variance) - 3, 0.0 if flat else m4 / m2**2),
+    }
+    return [values[f][0] for f in features], [values[f][1] for f in features]
+
+
+def exact_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    def centred(x):
+        pivot = x[-1]
+        deviations = x - pivot
+        mean = pivot + math.fsum(deviations) / len(x)
+        return deviations - (mean - pivot), mean
+
+    da, mean_a = centred(a)
+    db, mean_b = centred(b)
+    var_a, var_b = math.fsum(da * da), math.fsum(db * db)
+    if var_a <= len(a) * (1e-9 * (abs(mean_a) + 1)) ** 2:
+        return 0.0
+    if var_b <= len(b) * (1e-9 * (abs(mean_b) + 1)) ** 2:
+        return 0.0
+    return max(-1.0, min(1.0, math.fsum(da * db) / math.sqrt(var_a * var_b)))
+
+
+def demanding_samples(count: int, *, seed: int) -> dict[str, np.ndarray]:
+    """Signals that break naive arithmetic: a level of 1e6 moving by 0.05, level shifts, held
+    values, spikes, missing stretches, and a signal at 1e8."""
+    rng = np.random.default_rng(seed)
+    high = 1e6 + rng.normal(0, 0.05, count)
+    high[count // 2 :] += 250.0  # a level shift
+    high[count // 5 : count // 5 + 130] = 1e6 + 0.125  # a held result, longer than a window
+    steps = np.repeat(rng.normal(0, 50, count // 40 + 1), 40)[:count] + rng.normal(0, 1, count)
+    steps[rng.random(count) < 0.01] += 1e4  # spikes
+    steps[: count // 7] = np.nan  # starts late
+    gappy = 1e8 + rng.normal(0, 1.0, count)
+    gappy[rng.random(count) < 0.2] = np.nan
+    gappy[count // 3 : count // 3 + 60] = np.nan  # a missing stretch
+    return {"high": high, "steps": steps, "gappy": gappy}
+
+
+@pytest.mark.parametrize("windows", [(20, 100), (5, 12), (8, 24, 40)])
+def test_features_stay_within_1e9_of_exact_arithmetic(windows):
+    spec = FeatureSpec(
+        signals=("high", "steps", "gappy"),
+        windows=windows,
+        correlations=(("high", "steps"), ("gappy", "high")),
+    )
+    count = 700
+    values = demanding_samples(count, seed=sum(windows))
+    filled = {}
+    for name, column in values.items():
+        column = column.copy()
+        for i in range(1, count):
+            if np.isnan(column[i]):
+                column[i] = column[i - 1]
+        filled[name] = column
+
+    features = push_in_parts(spec, np.arange(count), values, [1, 2, 50, 333, 334, 500], np.float64)
+
+    worst = 0.0
+    for row in range(0, count, 3):
+        expected, scales = [], []
+        for name in spec.signals:
+            history = filled[name][: row + 1]
+            history = history[~np.isnan(history)]
+            for window in spec.windows:
+                x = history[-window:]
+                if len(x) < 2:
+                    expected += [np.nan] * len(spec.features)
+                    scales += [1.0] * len(spec.features)
+                else:
+                    found, scale = exact_window_features(x, spec.features)
+                    expected += found
+                    scales += scale
+        for a, b in spec.correlations:
+            for window in spec.windows:
+                xa, xb = filled[a][: row + 1], filled[b][: row + 1]
+                seen = min(np.isfinite(xa).sum(), np.isfinite(xb).sum(), window)
+                expected.append(exact_correlation(xa[-seen:], xb[-seen:]) if seen >= 2 else np.nan)
+                scales.append(1.0)
+        expected, scales = np.array(expected), np.array(scales)
+        got = features[row]
+        assert np.array_equal(np.isnan(got), np.isnan(expected)), f"row {row}"
+        finite = ~np.isnan(expected)
+        error = np.abs(got[finite] - expected[finite]) / np.maximum(scales[finite], 1e-300)
+        error[expected[finite] == got[finite]] = 0.0  # exact, flat windows included
+        worst = max(worst, error.max(initial=0.0))
+        assert (error <= 1e-9).all(), (row, np.array(spec.names)[finite][error > 1e-9])
+    print(f"\nwindows {windows}: worst error {worst:.1e} of scale")
+
+
+def test_features_depend_only_on_the_window_once_it_is_full():
+    spec = default_spec()
+    ts, values = station_samples(900, seed=9)
+    values["temperature"] = 1e6 + np.random.default_rng(9).normal(0, 0.05, 900)
+    later = 137  # a second scorer that starts later, with different push sizes
+
+    from_start = push_in_parts(spec, ts, values, range(0, 900, 50))
+    late = {name: column[later:] for name, column in values.items()}
+    from_later = push_in_parts(spec, ts[later:], late, range(0, 900, 23))
+
+    full = later + spec.max_window - 1
+    assert np.array_equal(from_start[full:], from_later[full - later :])
+    assert not np.array_equal(from_start[later : full - 1], from_later[: full - 1 - later])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=399), max_size=30),
+    chunk_rows=st.sampled_from([1, 9, 64, 256]),
+)
+def test_default_features_do_not_depend_on_batching_or_chunking(cuts, chunk_rows):
+    spec = default_spec()
+    ts, values = station_samples(400, seed=21)
+    values["temperature"] = 1e6 + np.random.default_rng(21).normal(0, 0.05, 400)
+
+    in_one_push = StationWindows(spec).push(ts, values)
+    windows = StationWindows(spec, chunk_rows=chunk_rows)
+    bounds = [0, *sorted(set(cuts)), len(ts)]
+    in_parts = np.concatenate(
+        [
+            windows.push(ts[a:b], {name: column[a:b] for name, column in values.items()})
+            for a, b in itertools.pairwise(bounds)
+        ]
+    )
+
+    assert np.array_equal(in_one_push, in_parts, equal_nan=True)
