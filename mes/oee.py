@@ -36,6 +36,23 @@ def _rows(sql: str, params: list) -> list[OeeRow]:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+MAX_DAYS_AFTER_FIRST = 365  # a report covers at most 366 business dates
+
+
+def _check_days(first_day: dt.date, last_day: dt.date) -> None:
+    """The business dates asked for: in order and at most a year (REST, GraphQL, pages)."""
+    if last_day < first_day:
+        raise InvalidInput(
+            "the last day is before the first",
+            fields={"last_day": ["must not be before first_day"]},
+        )
+    if last_day - first_day > dt.timedelta(days=MAX_DAYS_AFTER_FIRST):
+        raise InvalidInput(
+            "more than 366 business dates",
+            fields={"last_day": [f"at most {MAX_DAYS_AFTER_FIRST} days after first_day"]},
+        )
+
+
 def _check_period(start: dt.datetime, end: dt.datetime) -> None:
     errors = {}
     for field, value in (("from", start), ("to", end)):
@@ -119,6 +136,7 @@ def oee_per_shift(
     station: Station | None = None,
 ) -> list[OeeRow]:
     """OEE of each station (or line) and shift of the business dates [first_day, last_day]."""
+    _check_days(first_day, last_day)
     return oee_report(
         level=f"{per}_shift", first_day=first_day, last_day=last_day, line=line, station=station
     )
@@ -133,6 +151,7 @@ def oee_per_day(
     station: Station | None = None,
 ) -> list[OeeRow]:
     """OEE of each line (or station) and business date in [first_day, last_day]."""
+    _check_days(first_day, last_day)
     return oee_report(
         level=f"{per}_day", first_day=first_day, last_day=last_day, line=line, station=station
     )

@@ -137,7 +137,6 @@ def oee_per_shift(
     line: strawberry.ID | None,
     station: str | None,
 ) -> list[OeeRow]:
-    _check_days(first_day, last_day)
     found_line, found_station = _scope(line, station)
     return _oee_rows(
         oee.oee_per_shift(
@@ -158,7 +157,6 @@ def oee_per_day(
     line: strawberry.ID | None,
     station: str | None,
 ) -> list[OeeRow]:
-    _check_days(first_day, last_day)
     found_line, found_station = _scope(line, station)
     return _oee_rows(
         oee.oee_per_day(
@@ -192,13 +190,3 @@ def downtime_pareto(
         station=found_station,
     )
     return [ParetoRow(**{name: row[name] for name in _PARETO_FIELDS}) for row in rows]
-
-
-def _check_days(first_day: dt.date, last_day: dt.date) -> None:
-    # The REST API's limits (mes/api/serializers.py): at most 366 business dates.
-    if last_day < first_day:
-        raise InvalidInput("lastDay is before firstDay", fields={"lastDay": ["before firstDay"]})
-    if last_day - first_day > dt.timedelta(days=365):
-        raise InvalidInput(
-            "more than 366 business dates", fields={"lastDay": ["at most 365 days after"]}
-        )

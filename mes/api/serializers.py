@@ -663,13 +663,6 @@ class OeeDaysQuerySerializer(OeeScopeQuerySerializer):
     first_day = serializers.DateField(help_text="First business date (the shifts' local date).")
     last_day = serializers.DateField(help_text="Last business date, at most 365 days later.")
 
-    def validate(self, attrs: dict) -> dict:
-        if attrs["last_day"] < attrs["first_day"]:
-            raise serializers.ValidationError({"last_day": ["must not be before first_day"]})
-        if attrs["last_day"] - attrs["first_day"] > dt.timedelta(days=365):
-            raise serializers.ValidationError({"last_day": ["at most 365 days after first_day"]})
-        return super().validate(attrs)
-
 
 class OeePerShiftQuerySerializer(OeeDaysQuerySerializer):
     per = serializers.ChoiceField(

@@ -331,6 +331,7 @@ def test_every_role_reads_the_reports_and_nobody_else(api_as, api_client, url, q
         ),
         ("/api/v1/oee/shifts", {"first_day": "2025-03-04"}, {"last_day"}),
         ("/api/v1/oee/days", {"first_day": "2025-03-05", "last_day": "2025-03-04"}, {"last_day"}),
+        ("/api/v1/oee/shifts", {"first_day": "2024-01-01", "last_day": "2025-01-01"}, {"last_day"}),
         ("/api/v1/oee/days", {"first_day": "tuesday", "last_day": "2025-03-04"}, {"first_day"}),
         (
             "/api/v1/downtime/pareto",
