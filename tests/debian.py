@@ -1,4 +1,4 @@
-"""Install the Debian packages a test needs (the real ODBC and JDBC drivers), once per machine.
+"""Install the Debian packages a test needs (real drivers, docker-compose), once per machine.
 
 `.ci/run` installs them before the suite; on a developer's machine the first test that needs
 them installs them with apt-get: as root directly, otherwise with `sudo -n` (never a password
@@ -6,7 +6,8 @@ prompt in the middle of a test run). Several test sessions may start at once, so
 serialised by a file lock, and apt's own lock is waited for instead of failing on it.
 
 A machine without apt-get, or a user who may not use sudo without a password, cannot install:
-the test is skipped with the command that would install the packages, never silently passed.
+the test fails with the command that would install the packages: what it proves needs them,
+so it is never skipped or silently passed.
 """
 
 from __future__ import annotations
@@ -99,11 +100,12 @@ def apt_install(packages: Iterable[str]) -> list[str]:
 
 
 def require_packages(*packages: str) -> None:
-    """Install `packages` if needed, or skip the calling test saying how to install them."""
+    """Install `packages` if needed, or fail the calling test saying how to install them."""
     try:
         apt_install(packages)
     except CannotInstall as reason:
-        pytest.skip(
+        pytest.fail(
             f"needs the Debian packages {', '.join(packages)} ({reason}): "
-            f"run `sudo apt-get install {' '.join(packages)}` or .ci/run"
+            f"run `sudo apt-get install {' '.join(packages)}` or .ci/run",
+            pytrace=False,
         )

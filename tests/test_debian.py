@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.reporting import debian
+from tests import debian
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="not a Debian system")
 
@@ -23,11 +23,11 @@ def test_installing_what_is_there_runs_no_apt_get(monkeypatch):
     assert debian.apt_install(["dpkg"]) == []
 
 
-def test_without_root_or_sudo_the_test_is_skipped_with_the_command_to_run(monkeypatch):
+def test_without_root_or_sudo_the_test_fails_with_the_command_to_run(monkeypatch):
     monkeypatch.setattr(debian.os, "geteuid", lambda: 1000)
     real_which = shutil.which
     monkeypatch.setattr(
         debian.shutil, "which", lambda name: None if name == "sudo" else real_which(name)
     )
-    with pytest.raises(pytest.skip.Exception, match="sudo apt-get install aegis-no-such-package"):
+    with pytest.raises(pytest.fail.Exception, match="sudo apt-get install aegis-no-such-package"):
         debian.require_packages("aegis-no-such-package")
