@@ -4,8 +4,8 @@ Scoring. The range's samples are read in (ts, seq) order (`foresight.training.te
 and fed, batch by batch, to a `foresight.scoring.StationScorer` holding the model as its
 production model, loaded by the scorer's own `load_model` (sha256-verified artifact): the same
 windows, the same ONNX session, the same fail-open fallback, the same episodes (one alert per
-episode, hysteresis) and the same warm-up (no alert until the longest window is full, counted
-from the range's start as from a scorer's start). Features and episodes do not depend on how
+episode, on-delay, hysteresis) and the same warm-up (no alert until the longest window is full,
+counted from the range's start as from a scorer's start). Features and episodes do not depend on how
 samples are batched, so the alerts are those the live scorer would have raised.
 
 Judging, when labels exist (`foresight.training.labels_for`: quality events on the units, alerts
@@ -357,11 +357,12 @@ def run_backtest(
         result.model_errors += scored.errors
         flags = np.zeros(len(chunk), dtype=np.int8)
         for alert in scored.alerts:
-            (index,) = np.flatnonzero((chunk.ts_ms == alert.ts_ms) & (chunk.seq == alert.seq))[:1]
+            # Judged where it was raised, once its on-delay was over (the sample that crossed
+            # first may lie in an earlier batch): that is when an operator would see it.
+            ts, sample = alert.raised_ts_ms, alert.raised_seq
+            (index,) = np.flatnonzero((chunk.ts_ms == ts) & (chunk.seq == sample))[:1]
             flags[index] = 1
-            result.alerts.append(
-                AlertRow(alert.ts_ms, alert.seq, alert.score, _unit_at(visits, starts, alert.ts_ms))
-            )
+            result.alerts.append(AlertRow(ts, sample, alert.score, _unit_at(visits, starts, ts)))
         stamps = np.datetime_as_string(chunk.ts_ms.astype("datetime64[ms]"), unit="ms")
         out.write(
             "".join(

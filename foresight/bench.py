@@ -2,8 +2,9 @@
 
 On a nats-server of its own (`sync_interval: always`, as the product runs) and the configured
 PostgreSQL and Redis, the run starts the real processes of the path — daphne (web and
-websockets), the Foresight scorer (`manage.py foresight`) and an ingest worker (into a scratch
-copy of the telemetry table, as `bench_ingest` does) — then:
+websockets), the Foresight scorer (`manage.py foresight`; with `scorers` > 1, that many
+partitions, `--partition I/N`) and an ingest worker (into a scratch copy of the telemetry
+table, as `bench_ingest` does) — then:
 
 - publishes background telemetry of a throwaway plant (20 stations at 1 kHz, messages of 20
   samples: 20,000 samples/s) for the whole run;
@@ -15,9 +16,12 @@ copy of the telemetry table, as `bench_ingest` does) — then:
 
 The latency of an alert is its arrival minus its publish; alerts are matched to injections by
 station and the triggering sample's timestamp. Alerts that match no injection are counted as
-unexpected. The plant, the scratch table, the user and session, and the rows the run made
-(scores, alerts, unpublished outbox rows) are removed afterwards; the audit trail keeps its
-entries of the alerts, as it must.
+unexpected. To explain a result: the CPU seconds of every process over the run, the scorers' CPU
+per published sample, and the scorers' backlog (their consumers' undelivered plus
+unacknowledged messages, sampled every SAMPLE_LAG_S) in messages and in seconds of traffic.
+The plant, the scratch table, the user and session, and the rows the run made (scores, alerts,
+unpublished outbox rows) are removed afterwards; the audit trail keeps its entries of the
+alerts, as it must.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+import nats.errors
+import nats.js.errors
 import numpy as np
 import orjson
 import psutil
@@ -50,6 +57,7 @@ from foresight import registry
 from foresight.detectors import DEFAULT_KIND, train
 from foresight.features import FeatureSpec, StationWindows, default_spec
 from foresight.models import DefectAlert, ModelStatus, ModelVersion
+from foresight.scorer import Partition
 from mes.models import OutboxMessage, Station
 from telemetry import bench as ingest_bench
 from telemetry.bench import (
@@ -64,6 +72,7 @@ from telemetry.bench import (
 from telemetry.simulator.publisher import StationStream
 
 READY_S = 120.0
+SAMPLE_LAG_S = 0.25
 TRAINING_SAMPLES = 60_000  # a minute of a station at 1 kHz
 FAULT_FACTOR = 10.0  # the injected sample's torque, times its normal value
 
@@ -76,6 +85,11 @@ class AlertBenchSizes:
     seconds: float = 30.0
     warmup_seconds: float = 5.0
     interval_s: float = 0.5  # between injected faults
+    scorers: int = 1  # scorer processes, one partition each
+
+    @property
+    def partitions(self) -> list[Partition]:
+        return [Partition(index, self.scorers) for index in range(1, self.scorers + 1)]
 
 
 def _session_cookie(tag: str) -> tuple[str, object, str]:
@@ -103,6 +117,23 @@ def _wait_for_http(url: str, processes: BenchProcesses) -> None:
             return
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer within {READY_S:g} s")
+
+
+async def _sample_backlog(
+    js, consumers: list[str], backlog: list[int], done: asyncio.Event
+) -> None:
+    """Every SAMPLE_LAG_S until `done`, the messages the scorers' consumers have not delivered or
+    have not had acknowledged yet, summed over the consumers. (Stopped by an event, not by
+    cancelling: nats-py turns a cancelled request into a timeout, which would be swallowed.)"""
+    while not done.is_set():
+        total = 0
+        for name in consumers:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                info = await js.consumer_info("TELEMETRY", name)
+                total += (info.num_pending or 0) + (info.num_ack_pending or 0)
+        backlog.append(total)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), SAMPLE_LAG_S)
 
 
 async def _run(
@@ -138,6 +169,7 @@ async def _run(
         interval_s = sizes.samples_per_message * len(plant.codes) / sizes.rate
         pending: set[asyncio.Task] = set()
         failures: list[str] = []
+        acked: list[float] = []  # seconds from each publish to the stream's acknowledgement
 
         async def send(message, fault_key=None) -> None:
             before = time.monotonic()
@@ -148,6 +180,7 @@ async def _run(
             except Exception as error:  # noqa: BLE001 - reported after the run
                 failures.append(f"{type(error).__name__}: {error}")
                 return
+            acked.append(time.monotonic() - before)
             if fault_key is not None:
                 injected[fault_key] = before
 
@@ -181,6 +214,11 @@ async def _run(
                 fault_station = (fault_station + 1) % len(streams)
             schedule.append((last_ms, batch))
         published = 0
+        backlog: list[int] = []
+        sampled = asyncio.Event()
+        sampler = asyncio.ensure_future(
+            _sample_backlog(js, [p.consumer for p in sizes.partitions], backlog, sampled)
+        )
         started = time.monotonic()
         for round_number, (last_ms, batch) in enumerate(schedule):
             await asyncio.sleep(max(0.0, (last_ms + 1) / 1000 - time.time()))
@@ -195,6 +233,8 @@ async def _run(
                     f"{len(injected)} faults injected, {len(arrivals)} alerts received"
                 )
         seconds = time.monotonic() - started
+        sampled.set()
+        await sampler
         if pending:
             await asyncio.wait(pending)
         deadline = time.monotonic() + 10
@@ -208,8 +248,12 @@ async def _run(
         raise RuntimeError(f"{len(failures)} publishes failed, e.g. {failures[0]}")
     latencies = sorted((arrivals[k] - sent) * 1000 for k, sent in injected.items() if k in arrivals)
     cut = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else None
+    messages_per_s = sizes.rate / sizes.samples_per_message
+    # A slow nats-server (a busy disk under sync_interval: always) delays every delivery too.
+    acks = statistics.quantiles(acked, n=100, method="inclusive") if len(acked) > 1 else None
     return {
         "background_samples_per_s": published / seconds,
+        "samples_published": published,
         "alerts_expected": len(injected),
         "alerts_received": len(latencies),
         "alerts_unexpected": len(unexpected),
@@ -217,12 +261,21 @@ async def _run(
         "alert_latency_p99_ms": cut[98] if cut else (latencies[0] if latencies else None),
         "alert_latency_max_ms": latencies[-1] if latencies else None,
         "seconds": seconds,
+        "publish_ack_p50_ms": acks[49] * 1000 if acks else None,
+        "publish_ack_p99_ms": acks[98] * 1000 if acks else None,
+        "scorer_backlog_mean_messages": statistics.fmean(backlog) if backlog else None,
+        "scorer_backlog_max_messages": max(backlog) if backlog else None,
+        # Seconds of traffic the backlog holds: how far behind the scorers ran.
+        "scorer_lag_mean_s": statistics.fmean(backlog) / messages_per_s if backlog else None,
+        "scorer_lag_max_s": max(backlog) / messages_per_s if backlog else None,
     }
 
 
 def _train_models(plant: BenchPlant, progress) -> None:
     """A production model per station, trained on a minute of its normal signals, as a plant
-    that uses Foresight has (without one a station is judged by its running baseline)."""
+    that uses Foresight has (without one a station is judged by its running baseline). The
+    spec stays the default windows and statistics over the four signals, as in every run so
+    far, so that results stay comparable (`foresight_train` would choose other windows)."""
     spec = FeatureSpec.from_json({**default_spec().to_json(), "signals": list(SIGNALS)})
     now = dt.datetime.now(dt.UTC)
     for n, code in enumerate(plant.codes):
@@ -274,19 +327,23 @@ def run(sizes: AlertBenchSizes, progress) -> dict:
                 "0",
                 "aegis.asgi:application",
             ]
+            scorers = [
+                manage("foresight", f"--partition={partition}") for partition in sizes.partitions
+            ]
+            names = ["web", *_scorer_names(sizes), "ingest"]
             processes = BenchProcesses(
-                [daphne, manage("foresight"), manage("bench_ingest", "--serve-worker", table.name)],
+                [daphne, *scorers, manage("bench_ingest", "--serve-worker", table.name)],
                 nats_url=url,
             )
             try:
-                progress("starting daphne, the scorer and an ingest worker")
+                progress(f"starting daphne, {len(scorers)} scorer process(es) and an ingest worker")
                 _wait_for_http(f"http://127.0.0.1:{port}/healthz", processes)
-                asyncio.run(_wait_for_consumers(url, processes))
+                asyncio.run(_wait_for_consumers(url, processes, sizes))
                 progress(
                     f"{sizes.rate:,} samples/s for {sizes.seconds:g} s; a fault every "
                     f"{sizes.interval_s:g} s after {sizes.warmup_seconds:g} s"
                 )
-                before = _cpu_seconds(processes)
+                before = _cpu_seconds(processes, names)
                 result.update(
                     asyncio.run(
                         _run(
@@ -300,11 +357,23 @@ def run(sizes: AlertBenchSizes, progress) -> dict:
                     )
                 )
                 processes.check_alive()
-                after = _cpu_seconds(processes)
+                after = _cpu_seconds(processes, names)
                 # Where the two cores went during the run (setup and training excluded).
-                result["cpu_seconds"] = {name: after[name] - before[name] for name in after}
-                scorer = psutil.Process(processes.processes[1].pid)
-                result["scorer_rss_mb"] = scorer.memory_info().rss / 2**20
+                used = {name: after[name] - before[name] for name in after}
+                each = [used.pop(name) for name in _scorer_names(sizes)]
+                result["cpu_seconds"] = {"scorer": sum(each), **used}
+                result["scorers"] = sizes.scorers
+                result["scorer_cpu_seconds_each"] = each
+                # Less sensitive to a busy machine than latencies are.
+                result["scorer_cpu_us_per_sample"] = (
+                    sum(each) / result["samples_published"] * 1e6
+                    if result["samples_published"]
+                    else None
+                )
+                result["scorer_rss_mb"] = sum(
+                    psutil.Process(process.pid).memory_info().rss / 2**20
+                    for process in processes.processes[1 : 1 + sizes.scorers]
+                )
             finally:
                 processes.stop()
     finally:
@@ -314,7 +383,11 @@ def run(sizes: AlertBenchSizes, progress) -> dict:
     return result
 
 
-def _cpu_seconds(processes: BenchProcesses) -> dict[str, float]:
+def _scorer_names(sizes: AlertBenchSizes) -> list[str]:
+    return [f"scorer {partition}" for partition in sizes.partitions]
+
+
+def _cpu_seconds(processes: BenchProcesses, names: list[str]) -> dict[str, float]:
     """User + system CPU seconds so far of the run's processes, of this one (the publisher and
     the websocket client) and of the servers it uses (found by their data directories)."""
 
@@ -325,11 +398,14 @@ def _cpu_seconds(processes: BenchProcesses) -> dict[str, float]:
 
     seconds = {
         name: used(psutil.Process(process.pid))
-        for name, process in zip(("web", "scorer", "ingest"), processes.processes, strict=True)
+        for name, process in zip(names, processes.processes, strict=True)
     }
     seconds["publisher and websocket client"] = used(psutil.Process())
     servers = {"postgresql": 0.0, "nats-server": 0.0, "redis": 0.0}
     data_dir = os.environ.get("AEGIS_EMBEDDED_DATA_DIR", "\0")
+    # An embedded redis-server is started with its address on the command line.
+    redis = urlsplit(settings.REDIS_URL)
+    redis_address = f"{redis.hostname}:{redis.port}"
     for process in psutil.process_iter(["name", "cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
         name = process.info["name"] or ""
@@ -337,7 +413,9 @@ def _cpu_seconds(processes: BenchProcesses) -> dict[str, float]:
             servers["postgresql"] += used(process) + sum(used(c) for c in process.children())
         elif name.startswith("nats-server") and "aegis-bench-nats-" in command:
             servers["nats-server"] += used(process)
-        elif name.startswith("redis-server") and data_dir in command:
+        elif name.startswith("redis-server") and (
+            data_dir in command or redis_address in command.split()
+        ):
             servers["redis"] += used(process)
     return {**seconds, **servers}
 
@@ -348,24 +426,28 @@ async def _provision(url: str) -> None:
     await client.close()
 
 
-async def _wait_for_consumers(url: str, processes: BenchProcesses) -> None:
-    """Until the scorer and the ingest worker each have a pull request waiting."""
+async def _wait_for_consumers(url: str, processes: BenchProcesses, sizes: AlertBenchSizes) -> None:
+    """Until every scorer and the ingest worker have a pull request waiting (a partition's
+    consumer exists once its scorer has created it)."""
     client = await connect_to(url)
     js = client.jetstream()
     deadline = time.monotonic() + READY_S
+    durables = ["ingest", *(p.consumer for p in sizes.partitions)]
     try:
         while time.monotonic() < deadline:
             processes.check_alive()
-            waiting = [
-                (await js.consumer_info("TELEMETRY", durable)).num_waiting or 0
-                for durable in ("ingest", "foresight-scorer")
-            ]
+            waiting = []
+            for durable in durables:
+                try:
+                    waiting.append((await js.consumer_info("TELEMETRY", durable)).num_waiting or 0)
+                except nats.js.errors.NotFoundError:
+                    waiting.append(0)
             if min(waiting) >= 1:
                 return
             await asyncio.sleep(0.1)
     finally:
         await client.close()
-    raise RuntimeError("the scorer or the ingest worker did not start pulling")
+    raise RuntimeError("a scorer or the ingest worker did not start pulling")
 
 
 def _clean_up(plant: BenchPlant, user, session_key: str | None) -> None:

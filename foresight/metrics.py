@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 import aegis.observability.metrics  # noqa: F401 - names this process's metric files first
 
@@ -35,4 +35,20 @@ BATCH_SECONDS = Histogram(
     "aegis_foresight_batch_seconds",
     "From a pull's arrival to its acknowledgement: features, scoring, COPY, alerts.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+REDELIVERIES_SKIPPED = Counter(
+    "aegis_foresight_redeliveries_skipped_total",
+    "Messages delivered again after this scorer had handled them: acknowledged, not rescored.",
+)
+CONSUMER_PENDING = Gauge(
+    "aegis_foresight_consumer_pending_messages",
+    "Messages of a scorer consumer not yet delivered or not yet acknowledged (its backlog).",
+    ["consumer"],
+    multiprocess_mode="livemax",
+)
+LAG_SECONDS = Gauge(
+    "aegis_foresight_lag_seconds",
+    "From the newest scored message's arrival in the stream to its scores being stored.",
+    ["consumer"],
+    multiprocess_mode="livemax",
 )

@@ -15,9 +15,19 @@ onnxruntime failing), the batch is scored by the baseline of that model's own tr
 statistics instead, the error is counted, and alerts still come — from the baseline. Nothing a
 model does can stop scoring or acknowledging.
 
-Episodes (hysteresis). A station's score crossing the threshold opens an episode and raises one
-alert; the episode ends only after CLEAR_AFTER consecutive samples below HYSTERESIS times the
-threshold, so a score wobbling around the threshold raises one alert, not hundreds.
+Episodes. An alert is raised once per episode, with an on-delay and an off-delay as ISA-18.2
+recommends against fleeting and chattering alarms:
+
+- on-delay: an episode opens only when the score stays at or above the threshold for
+  `on_delay(spec)` consecutive samples (a quarter of the model's shortest window, at least 2).
+  A real change of the process moves window features for at least a whole window, while a
+  single sample entering or leaving a window (the edge of a tightening pulse, a result register
+  stepping back to the snug torque) can push the score over for one or two samples. The alert
+  names the first sample of the run — the one that crossed — and is raised with the sample that
+  completes the delay (`Alert.raised_ts_ms`), in the same batch or a later one;
+- off-delay (hysteresis): the episode ends only after CLEAR_AFTER consecutive samples below
+  HYSTERESIS times the threshold, so a score wobbling around the threshold raises one alert,
+  not hundreds.
 """
 
 from __future__ import annotations
@@ -38,7 +48,19 @@ logger = logging.getLogger(__name__)
 
 HYSTERESIS = 0.8
 CLEAR_AFTER = 50
+ON_DELAY_SHARE = 4  # the on-delay is the shortest window divided by this
+MIN_ON_DELAY = 2
 EXPLAIN_TOP = 5
+
+
+def on_delay(spec: FeatureSpec) -> int:
+    """Consecutive samples at or above the threshold that open an episode: a quarter of the
+    spec's shortest window (5 samples for windows of 20 and 100), at least MIN_ON_DELAY.
+
+    Tied to the window rather than to time: a fault moves a window feature for at least the
+    window's length in samples (an injected single-sample spike stays in a 20-sample window for
+    20 samples), so a quarter of it delays an alert by little and never hides one."""
+    return max(MIN_ON_DELAY, min(spec.windows) // ON_DELAY_SHARE)
 
 
 @dataclass
@@ -86,6 +108,9 @@ class Alert:
     model: LoadedModel | None  # None: the baseline raised it
     triggering: dict
     explanation: list[dict]
+    # The sample whose score completed the on-delay: when the alert was actually raised.
+    raised_ts_ms: int | None = None
+    raised_seq: int | None = None
 
 
 @dataclass
@@ -125,6 +150,11 @@ class StationScorer:
         self._baseline = RunningBaseline(self._baseline_spec.n_features)
         self.in_episode = False
         self._quiet = 0  # consecutive samples below the clearing level
+        self._run = 0  # consecutive samples at or above the threshold, outside an episode
+        # The alert of a run that reached the end of a batch before the on-delay was over (its
+        # first sample belongs to that batch), and what scored it.
+        self._pending: Alert | None = None
+        self._pending_scale: tuple | None = None
 
     def use(self, production: LoadedModel | None, shadows: list[LoadedModel]) -> None:
         """Swap models (between batches: each batch is scored by one set of models). Windows
@@ -134,12 +164,17 @@ class StationScorer:
         ):
             self.in_episode = False
             self._quiet = 0
+            self._forget_run()
         self.production = production
         self.shadows = list(shadows)
         wanted = {m.spec_key for m in self._models()} | {spec_key(self._baseline_spec)}
         for key in list(self._windows):
             if key not in wanted:
                 del self._windows[key]
+
+    def _forget_run(self) -> None:
+        self._run = 0
+        self._pending = self._pending_scale = None
 
     def _models(self) -> list[LoadedModel]:
         return ([self.production] if self.production else []) + self.shadows
@@ -178,6 +213,7 @@ class StationScorer:
             production, threshold = running, RunningBaseline.threshold
             explain_with = (baseline_features, self._baseline.mean, self._baseline.std)
             names = self._baseline_spec.names
+            delay = on_delay(self._baseline_spec)
             # Without a model nothing is judged unless asked: the running baseline is a
             # safety net, noisy on cyclic signals.
             judged_from = first_full(self._baseline_spec) if self.baseline_alerts else len(ts_ms)
@@ -185,6 +221,7 @@ class StationScorer:
         else:
             matrix = features_of(model.spec)
             names = model.names
+            delay = on_delay(model.spec)
             judged_from = first_full(model.spec)
             explain_with = (matrix, model.feature_mean, model.feature_std)
             try:
@@ -212,39 +249,68 @@ class StationScorer:
                     self.on_error(shadow.version, error)
                 continue
             scored.by_model.append((shadow.id, True, scores))
-        for index in self._episode_starts(production[judged_from:], threshold):
-            index += judged_from
-            matrix, mean, std = explain_with
-            scored.alerts.append(
-                Alert(
-                    station_id=self.station_id,
-                    ts_ms=int(ts_ms[index]),
-                    seq=int(seq[index]),
-                    score=float(production[index]),
-                    threshold=float(threshold),
-                    model=model,
-                    triggering=dict(raw[index]),
-                    explanation=explain(matrix[index], mean, std, names, top=EXPLAIN_TOP),
-                )
+        # A run left open by the previous batch continues only on the same scale: a model
+        # swapped in, or failing over to its fallback, starts counting afresh.
+        scale = (model.id if model else None, scored.source, float(threshold))
+        if self._pending_scale is not None and self._pending_scale != scale:
+            self._forget_run()
+        matrix, mean, std = explain_with
+
+        def alert_at(index: int) -> Alert:
+            return Alert(
+                station_id=self.station_id,
+                ts_ms=int(ts_ms[index]),
+                seq=int(seq[index]),
+                score=float(production[index]),
+                threshold=float(threshold),
+                model=model,
+                triggering=dict(raw[index]),
+                explanation=explain(matrix[index], mean, std, names, top=EXPLAIN_TOP),
             )
+
+        judged = production[judged_from:]
+        for onset, raised in self._episodes(judged, threshold, delay):
+            onset, raised = onset + judged_from, raised + judged_from
+            if onset >= judged_from or self._pending is None:
+                alert = alert_at(max(onset, judged_from))
+            else:  # the run began in an earlier batch
+                alert = self._pending
+            alert.raised_ts_ms, alert.raised_seq = int(ts_ms[raised]), int(seq[raised])
+            scored.alerts.append(alert)
+            self._pending = None
+        if self._run == 0:
+            self._pending = self._pending_scale = None
+        else:  # a run still short of the on-delay: keep its first sample's alert
+            if self._run <= judged.shape[0]:
+                self._pending = alert_at(len(ts_ms) - self._run)
+            self._pending_scale = scale
         return scored
 
-    def _episode_starts(self, scores: np.ndarray, threshold: float) -> list[int]:
-        """Indices where an episode opens; updates the episode state through the batch."""
+    def _episodes(
+        self, scores: np.ndarray, threshold: float, delay: int = 1
+    ) -> list[tuple[int, int]]:
+        """(first sample, raising sample) of each episode that opens in this batch, as indices
+        into `scores`; the first is negative when the run began in an earlier batch. Updates
+        the episode and on-delay state through the batch."""
         above = scores >= threshold
         if not self.in_episode and not above.any():
+            self._run = 0
             return []  # the common case, without a Python loop
-        starts = []
+        opened = []
         clear = threshold * HYSTERESIS
         for index, score in enumerate(scores):
             if self.in_episode:
                 self._quiet = self._quiet + 1 if score < clear else 0
                 if self._quiet >= CLEAR_AFTER:
                     self.in_episode, self._quiet = False, 0
-            elif score >= threshold:
-                self.in_episode, self._quiet = True, 0
-                starts.append(index)
-        return starts
+            elif above[index]:
+                self._run += 1
+                if self._run >= delay:
+                    opened.append((index - self._run + 1, index))
+                    self.in_episode, self._quiet, self._run = True, 0, 0
+            else:
+                self._run = 0
+        return opened
 
 
 # -- score rows in PostgreSQL's binary COPY format ----------------------------------------------

@@ -22,10 +22,11 @@ from django.db import connection
 
 from foresight import artifacts, training
 from foresight.backtest import labels_from_truth, run_backtest
+from foresight.features import FeatureSpec
 from foresight.management.commands.foresight_backtest import Command as BacktestCommand
 from foresight.models import ModelVersion
 from foresight.scorer import load_model
-from foresight.scoring import StationScorer
+from foresight.scoring import StationScorer, on_delay
 from mes import services
 from mes.demo import seed_demo_plant
 from mes.errors import InvalidInput
@@ -122,7 +123,7 @@ def test_the_backtest_gives_every_sample_the_live_scorers_score_and_alerts(
             ts[first : first + 100], np.arange(first, first + 100) + NORMAL, part, raw
         )
         live_scores.append(scored.by_model[0][2])
-        live_alerts += [a.ts_ms for a in scored.alerts]
+        live_alerts += [a.raised_ts_ms for a in scored.alerts]  # flagged where raised
 
     rows = read_scores(out.getvalue())
     assert out.getvalue().startswith("ts,score,alert\n")
@@ -428,8 +429,9 @@ def simulate_line_1(station: Station) -> list[dict]:
 
 
 # About 80 s alone on the 2-core machine (10 simulated hours through the MES, then three
-# backtests); the default 300 s limit is too tight when other test sessions share the cores.
-@pytest.mark.timeout(900)
+# backtests); the default 300 s limit is too tight when other test sessions share the cores
+# (with five other sessions on them it has taken more than 15 minutes).
+@pytest.mark.timeout(1800)
 @pytest.mark.django_db
 def test_the_simulators_bad_firmware_units_are_caught_before_they_leave_the_wheel_nut_runner(
     artifact_dir,
@@ -475,7 +477,9 @@ def test_the_simulators_bad_firmware_units_are_caught_before_they_leave_the_whee
     rate = e.false_alarms_per_1000_good_units
     print(
         f"\nsimulator, station 5 at {SIM_RATE_HZ:g} Hz: trained on {NORMAL_H:g} h "
-        f"({model.metrics['dataset']['training_rows']:,} rows, threshold {model.threshold:.3f}),"
+        f"({model.metrics['dataset']['training_rows']:,} rows, {len(model.feature_names)} "
+        f"features, threshold {model.threshold:.3f}, on-delay "
+        f"{on_delay(FeatureSpec.from_json(model.feature_spec))} samples),"
         f" backtested {FAULTY_H:g} h ({labelled.samples:,} samples, {len(labelled.alerts)} "
         f"alerts); simulate+store {simulated_s:.0f} s, train {trained_s:.0f} s, backtest "
         f"{backtest_s:.0f} s\n"
@@ -500,11 +504,8 @@ def test_the_simulators_bad_firmware_units_are_caught_before_they_leave_the_whee
     assert e.recall >= 0.9
     assert steering.recall >= 0.9
     assert all(lead > 0 for lead in e.lead_to_departure_s)
-    # Second half: <= 1 false alarm per 1,000 good units. Not met with the detectors'
-    # threshold rule (see docs/foresight.md, "Training, backtests and drift"): reported, not
-    # hidden, and this turns into a pass as soon as it is.
-    if rate > 1.0:
-        pytest.xfail(f"{rate:.2f} false alarms per 1,000 good units, the target is <= 1")
+    # Second half: <= 1 false alarm per 1,000 good units.
+    assert rate <= 1.0
 
 
 def _spread(values: list[float]) -> str:

@@ -1,18 +1,25 @@
 """The live scorer against real servers: fail-open beside a running ingest, 100 hot-swaps under
-load with every sample scored once, and an alert reaching a real websocket client.
+load with every sample scored once, and an alert reaching a real websocket client. Then, without
+servers: the fast decoding of plain batch messages agrees with `parse_message` and leaves
+everything else to it, and partitions are parsed and assigned as documented.
 
 The scorer, the ingest worker and the outbox relay run in threads of the test process (their
-`serve()`, as their commands run them), daphne as a real process."""
+`serve()`, as their commands run them), daphne as a real process. Partitioned scorers:
+test_partitions.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import secrets
 import time
+import zlib
 
 import numpy as np
+import orjson
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
 from onnx import TensorProto, helper, numpy_helper
 from websockets.sync.client import connect
@@ -21,10 +28,17 @@ from foresight import metrics, registry
 from foresight.detectors import train
 from foresight.features import FeatureSpec, StationWindows
 from foresight.models import DefectAlert, ModelStatus
-from foresight.scorer import ForesightScorer
+from foresight.scorer import (
+    ForesightScorer,
+    Partition,
+    StationSamples,
+    partition_of,
+    plain_batch,
+)
 from mes.relay import OutboxRelay
 from telemetry.ingest import IngestWorker
 from telemetry.models import Sample
+from telemetry.payloads import Rejection, parse_message, time_window
 from tests.factories import StationFactory, UserFactory
 from tests.support import ServedInThread, daphne
 from tests.telemetry.conftest import (
@@ -37,7 +51,17 @@ from tests.telemetry.conftest import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+def live(test):
+    """Against the real servers, with TELEMETRY emptied and the scorer's consumer fresh."""
+    for mark in (
+        pytest.mark.slow,
+        pytest.mark.django_db(transaction=True, serialized_rollback=True),
+        pytest.mark.usefixtures("streams"),
+    ):
+        test = mark(test)
+    return test
+
 
 SPEC = FeatureSpec.from_json(
     {
@@ -51,7 +75,7 @@ SPEC = FeatureSpec.from_json(
 SCORER = "foresight-scorer"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def streams():
     run(reset_telemetry_streams(consumers=("ingest", SCORER)))
     yield
@@ -136,6 +160,7 @@ def counter(metric) -> float:
     return metric._value.get()
 
 
+@live
 def test_a_model_failing_on_every_call_leaves_ingest_alone_and_the_baseline_alerts(detector):
     station = StationFactory(code=f"fo-{secrets.token_hex(3)}")
     model = register(station, detector, onnx_bytes=exploding_artifact(len(SPEC.names)))
@@ -165,6 +190,7 @@ def test_a_model_failing_on_every_call_leaves_ingest_alone_and_the_baseline_aler
     assert alert.explanation[0]["signal"] == "torque"
 
 
+@live
 def test_a_hundred_hot_swaps_under_load_score_every_sample_exactly_once(detector):
     station = StationFactory(code=f"hs-{secrets.token_hex(3)}")
     models = [register(station, detector) for _ in range(100)]
@@ -198,6 +224,7 @@ def test_a_hundred_hot_swaps_under_load_score_every_sample_exactly_once(detector
     assert max(delays) < 1.0
 
 
+@live
 def test_an_alert_reaches_a_websocket_client_with_its_explanation(client, detector):
     station = StationFactory(code=f"ws-{secrets.token_hex(3)}")
     registry.promote(version=register(station, detector), to=ModelStatus.PRODUCTION)
@@ -233,3 +260,141 @@ def test_an_alert_reaches_a_websocket_client_with_its_explanation(client, detect
     assert event["anomaly_score"] >= event["threshold"]
     assert event["explanation"][0]["signal"] == "torque"
     assert {"feature", "z", "share"} <= event["explanation"][0].keys()
+
+
+# -- decoding, without servers ----------------------------------------------------------------
+
+NOW_MS = 1_714_234_567_890
+WINDOW = time_window(now_ms=NOW_MS, retention_hours=24)
+SUBJECT = "aegis.telemetry.raw.st-7"
+VETTED = {"torque", "angle"}
+
+
+def sample(n: int, **changes) -> dict:
+    return {"ts": NOW_MS - 1_000 + n, "seq": n, "signals": {"torque": 40.5 + n, "angle": 30}} | (
+        changes
+    )
+
+
+def message(samples: list, **document) -> bytes:
+    return orjson.dumps({"station_id": "st-7", "samples": samples} | document)
+
+
+def test_a_plain_batch_decodes_to_the_samples_parse_message_accepts():
+    body = message([sample(n) for n in range(20)])
+    code, chunk = plain_batch(body, subject=SUBJECT, window=WINDOW, vetted=VETTED)
+    parsed = parse_message(body, subject=SUBJECT, window=WINDOW)
+
+    assert code == parsed.station == "st-7"
+    assert list(chunk.ts) == [s.ts for s in parsed.samples]
+    assert list(chunk.seq) == [s.seq for s in parsed.samples]
+    assert list(chunk.raw) == [s.signals for s in parsed.samples]
+    samples = StationSamples()
+    samples.add_chunk(chunk)
+    ts, seq, values = samples.arrays()
+    assert ts.dtype == np.int64
+    assert seq.tolist() == list(range(20))
+    assert values["torque"].tolist() == [40.5 + n for n in range(20)]
+    assert values["angle"].dtype == np.float64
+
+
+NOT_PLAIN = {
+    # valid, but not plain: parse_message accepts them and the scorer scores them that way
+    "integral float ts": (message([sample(0, ts=float(NOW_MS))]), True),
+    "seq left out": (message([{"ts": NOW_MS, "signals": {"torque": 1.0}}]), True),
+    "numeric station_id": (orjson.dumps({"station_id": 7, "samples": [sample(0)]}), None),
+    "signals differ between samples": (
+        message([sample(0), sample(1, signals={"torque": 2.0})]),
+        True,
+    ),
+    "the single-sample form": (
+        orjson.dumps({"station_id": "st-7", "timestamp": NOW_MS, "torque": 1.0}),
+        True,
+    ),
+    "a signal name not vetted yet": (message([sample(0, signals={"speed": 1.0})]), True),
+    # rejected by parse_message
+    "bad JSON": (b'{"station_id": "st-7", "samples": [', False),
+    "not an object": (b"[1, 2]", False),
+    "boolean signal": (message([sample(0, signals={"torque": True})]), False),
+    "string signal": (message([sample(0, signals={"torque": "40.1"})]), False),
+    "null signal": (message([sample(0, signals={"torque": None})]), False),
+    "no signals": (message([sample(0, signals={})]), False),
+    "extra sample key": (message([sample(0) | {"unit": "x"}]), False),
+    "extra document key": (message([sample(0)], vin="X"), False),
+    "station mismatch": (orjson.dumps({"station_id": "st-8", "samples": [sample(0)]}), False),
+    "no samples": (message([]), False),
+    "samples not a list": (orjson.dumps({"station_id": "st-7", "samples": {}}), False),
+    "sample not an object": (message([[1, 2, 3]]), False),
+    "boolean ts": (message([sample(0, ts=True)]), False),
+    "ts too old": (message([sample(0, ts=WINDOW.oldest - 1)]), False),
+    "ts far in the future": (message([sample(0, ts=WINDOW.newest + 1)]), False),
+    "negative seq": (message([sample(0, seq=-1)]), False),
+    "seq beyond int4": (message([sample(0, seq=2**31)]), False),
+    "oversize": (message([sample(n) for n in range(10_001)]), False),
+}
+
+
+@pytest.mark.parametrize("case", NOT_PLAIN)
+def test_anything_less_plain_is_left_to_parse_message(case):
+    body, accepted = NOT_PLAIN[case]
+    assert plain_batch(body, subject=SUBJECT, window=WINDOW, vetted=VETTED) is None
+    verdict = parse_message(body, subject=SUBJECT, window=WINDOW)
+    if accepted is not None:
+        assert (type(verdict) is not Rejection) == accepted, verdict
+
+
+def test_a_station_whose_messages_differ_gets_columns_with_gaps():
+    plain = plain_batch(message([sample(0)]), subject=SUBJECT, window=WINDOW, vetted=VETTED)
+    other = message([sample(1, signals={"torque": 9.0, "speed": 3})])
+    samples = StationSamples()
+    samples.add_chunk(plain[1])
+    samples.add_message(parse_message(other, subject=SUBJECT, window=WINDOW))
+    _, seq, values = samples.arrays()
+
+    assert seq.tolist() == [0, 1]
+    assert values["torque"].tolist() == [40.5, 9.0]
+    assert values["angle"][0] == 30
+    assert math.isnan(values["angle"][1])
+    assert math.isnan(values["speed"][0])
+    assert values["speed"][1] == 3
+
+
+# -- partitions, without servers --------------------------------------------------------------
+
+
+def test_partitions_are_written_i_of_n_and_checked():
+    assert Partition.parse(" 2/3 ") == Partition(2, 3)
+    assert Partition.parse("1/1").consumer == "foresight-scorer"
+    assert Partition.parse("2/3").consumer == "foresight-scorer-2-of-3"
+    for wrong in ("0/2", "3/2", "1/0", "2", "a/b", "1/65"):
+        with pytest.raises(ValueError, match="partition"):
+            Partition.parse(wrong)
+
+
+def test_every_station_belongs_to_exactly_one_partition_by_crc32_of_its_code():
+    codes = [f"ST{n}" for n in range(200)] + ["bench-abc123-01", "tq-01"]
+    for count in (1, 2, 3, 5):
+        partitions = [Partition(index, count) for index in range(1, count + 1)]
+        for code in codes:
+            assert [p.owns(code) for p in partitions].count(True) == 1
+            assert partition_of(code, count) == zlib.crc32(code.encode()) % count + 1
+    # The assignment is part of the contract (docs/foresight.md): it must not drift.
+    codes = ("ST1", "ST4", "ST6", "tq-02", "bench-abc123-01")
+    assert [partition_of(code, 2) for code in codes] == [2, 1, 1, 2, 1]
+    assert [partition_of(code, 3) for code in codes] == [2, 1, 2, 3, 1]
+
+
+@pytest.mark.django_db
+def test_the_command_lists_a_partitions_stations_and_refuses_a_wrong_one(capsys):
+    stations = [StationFactory(code=f"lp-{n}") for n in range(6)]
+    mine = sorted(s.code for s in stations if partition_of(s.code, 2) == 2)
+
+    call_command("foresight", "--partition=2/2", "--list-stations")
+    listed = capsys.readouterr().out
+
+    assert "foresight-scorer-2-of-2" in listed
+    assert [
+        line.strip() for line in listed.splitlines()[1:] if line.strip().startswith("lp-")
+    ] == mine
+    with pytest.raises(CommandError, match="I/N"):
+        call_command("foresight", "--partition=3/2", "--list-stations")

@@ -1,4 +1,5 @@
 """A station's scoring, as the live scorer and the backtest run it: one alert per episode,
+opened only after the on-delay and named after the sample that crossed, whatever the batching;
 shadows that score and never alert, fail-open to the baseline, swaps between batches, and
 score rows PostgreSQL reads back exactly."""
 
@@ -13,7 +14,14 @@ from django.db import connection
 from foresight.detectors import BaselineScorer, OnnxModel, train
 from foresight.features import FeatureSpec, StationWindows
 from foresight.models import BASELINE_MODEL_VERSION_ID
-from foresight.scoring import CLEAR_AFTER, LoadedModel, ScoreRows, StationScorer, baseline_spec
+from foresight.scoring import (
+    CLEAR_AFTER,
+    LoadedModel,
+    ScoreRows,
+    StationScorer,
+    baseline_spec,
+    on_delay,
+)
 
 SPEC = FeatureSpec.from_json(
     {
@@ -103,13 +111,58 @@ def test_a_fault_that_clears_and_returns_is_two_episodes():
 def test_a_score_wobbling_around_the_threshold_stays_one_episode(detector):
     scorer = StationScorer(5)
     threshold = detector.threshold
+    opening = np.full(3, threshold * 1.1)
     wobble = np.tile([threshold * 1.1, threshold * 0.9], 200)  # never below 0.8 of the threshold
-    starts = scorer._episode_starts(wobble, threshold)
-    assert starts == [0]
+    assert scorer._episodes(np.r_[opening, wobble], threshold, 3) == [(0, 2)]
     quiet = np.full(CLEAR_AFTER, threshold * 0.5)
-    assert scorer._episode_starts(quiet, threshold) == []
+    assert scorer._episodes(quiet, threshold, 3) == []
     assert not scorer.in_episode  # cleared after CLEAR_AFTER quiet samples
-    assert scorer._episode_starts(np.array([threshold * 2]), threshold) == [0]
+    assert scorer._episodes(np.full(3, threshold * 2), threshold, 3) == [(0, 2)]
+
+
+def test_crossings_shorter_than_the_on_delay_open_no_episode(detector):
+    scorer = StationScorer(5)
+    threshold = detector.threshold
+    fleeting = np.full(1_000, threshold * 0.5)
+    fleeting[100] = fleeting[300:302] = fleeting[500:504] = threshold * 3  # 1, 2 and 4 samples
+
+    assert scorer._episodes(fleeting, threshold, 5) == []
+    assert not scorer.in_episode
+    fleeting[700:705] = threshold * 3  # five in a row: the on-delay is over at the fifth
+    assert scorer._episodes(fleeting, threshold, 5) == [(700, 704)]
+
+
+def test_the_on_delay_is_a_quarter_of_the_shortest_window():
+    assert on_delay(SPEC) == 2  # windows of 10 and 40 samples
+    assert on_delay(FeatureSpec(signals=("torque",), windows=(100, 20))) == 5
+    assert on_delay(FeatureSpec(signals=("torque",), windows=(100, 500))) == 25
+    assert on_delay(FeatureSpec(signals=("torque",), windows=(3,))) == 2
+
+
+def alerts_of(results) -> list[tuple[int, int, int, float]]:
+    return [
+        (a.ts_ms - T0, a.raised_ts_ms - T0, a.seq, a.triggering["torque"])
+        for r in results
+        for a in r.alerts
+    ]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 500, 2_001, 4_000])
+def test_an_alert_names_the_sample_that_crossed_however_the_samples_are_batched(detector, batch):
+    # One sample ten times its torque, as bench_alerts injects, on the last sample of the first
+    # 2,001-sample batch: its windows keep the score up for a whole short window.
+    values = normal(4_000, seed=5)
+    values["torque"][2_000] *= 10
+
+    scorer = StationScorer(5)
+    scorer.use(loaded(detector), [])
+    alerts = alerts_of(feed(scorer, values, batch=batch))
+
+    assert len(alerts) == 1
+    first, raised, _seq, torque = alerts[0]
+    assert first == 2_000  # the injected sample itself, even when raised in a later batch
+    assert raised == first + on_delay(SPEC) - 1
+    assert torque == values["torque"][2_000]
 
 
 def test_shadow_models_score_every_sample_and_raise_nothing(detector):

@@ -139,6 +139,10 @@ def test_telemetry_is_read_in_time_order_with_missing_and_non_numeric_values_as_
         "torque": 3,
         "angle": 2,
     }
+    # Counting only a spec's signals agrees, and leaves out the signals the range lacks.
+    assert training.range_signal_counts(
+        station_id=station.pk, start=at(0), end=at(2), names=["torque", "angle", "current"]
+    ) == {"torque": 3, "angle": 2}
     # The end is inclusive, and nothing outside the range is read.
     assert training.range_sample_count(station_id=station.pk, start=at(1), end=at(2)) == 2
 
@@ -182,7 +186,37 @@ def test_the_spec_covers_the_signals_the_station_has_default_ones_first():
     assert spec.signals == ("torque", "angle", "motor_current", "spindle_temp")
     assert spec.correlations == (("torque", "angle"),)
     assert spec.windows == (20, 100)
+    assert spec.features == ("mean", "std", "rms", "min", "max", "slope")
     assert training.station_spec({"pressure": 10}, 10).correlations == ()
+    assert training.station_spec({"torque": 10}, 10, windows=[500, 100]).windows == (100, 500)
+
+
+def test_the_default_windows_span_two_and_ten_seconds_of_the_stations_sampling():
+    assert training.default_windows(10) == [20, 100]  # the default spec's
+    assert training.default_windows(50) == [100, 500]
+    assert training.default_windows(1_000) == [100, 500]  # bounded: the scorer pays per sample
+    assert training.default_windows(5) == [20, 50]
+    assert training.default_windows(None) == [20, 100]
+
+
+def test_the_sampling_rate_is_read_from_the_stored_samples_not_the_pauses(station):
+    store_normal(station, 1_500)  # 10 Hz
+    store_normal(station, 1_500, first=30_000)  # the same after a pause of almost an hour
+
+    rate = training.sampling_rate_hz(station_id=station.pk, start=at(0), end=at(40_000))
+
+    assert rate == pytest.approx(10.0)
+    assert training.sampling_rate_hz(station_id=station.pk, start=at(0), end=at(0)) is None
+
+
+def test_a_rate_whose_interval_is_not_a_whole_millisecond_is_read_exactly(station):
+    # 70 Hz as the simulator stamps it: intervals of 14 and 15 ms.
+    ts = T0_MS + (np.arange(3_000) * 1000 / 70).astype(np.int64)
+    store_samples(station.pk, ts, nut_runner(3_000, seed=2))
+
+    rate = training.sampling_rate_hz(station_id=station.pk, start=at(0), end=at(40_000))
+
+    assert rate == pytest.approx(70.0, rel=1e-3)
     with pytest.raises(InvalidInput, match="no numeric signal"):
         training.station_spec({}, 0)
 
@@ -273,7 +307,12 @@ def test_a_model_trained_on_a_normal_range_is_a_verified_candidate_of_its_signal
     assert model.kind == "pca_t2q"
     assert (model.training_start, model.training_end) == (at(0), at(5_999))
     assert model.feature_spec["signals"] == ["torque", "angle", "motor_current", "spindle_temp"]
-    assert len(model.feature_names) == 4 * 2 * 7 + 2
+    assert model.feature_spec["windows"] == [20, 100]  # 2 s and 10 s at 10 Hz
+    assert model.metrics["dataset"]["sampling_rate_hz"] == pytest.approx(10.0)
+    # Every default statistic but kurtosis, over both windows, and the torque-angle correlation.
+    assert model.feature_spec["features"] == list(training.TRAINING_FEATURES)
+    assert "kurtosis" not in training.TRAINING_FEATURES
+    assert len(model.feature_names) == 4 * 2 * 6 + 2
     data = model.metrics["dataset"]
     assert (data["samples_in_range"], data["rows"], data["defect_rows_left_out"]) == (
         6_000,

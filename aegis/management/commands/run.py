@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import fasteners
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 from honcho.environ import parse_procfile
 from honcho.manager import Manager
 
@@ -30,7 +33,9 @@ class Command(BaseCommand):
         "the embedded servers. AEGIS_PORT (default 8000) and AEGIS_BIND (default 127.0.0.1) "
         "choose where the web server listens. The plant simulator (Procfile process "
         "`simulator`, AEGIS_SIMULATOR_RATE_HZ samples per second per station) runs only with the "
-        "demo plant: it records simulated units in the MES."
+        "demo plant: it records simulated units in the MES. With it, demo stations without a "
+        "production Foresight model get one while the processes start (manage.py "
+        "foresight_demo_models)."
     )
 
     def add_arguments(self, parser):
@@ -144,6 +149,8 @@ class Command(BaseCommand):
         manager = Manager()
         for name in wanted:
             manager.add_process(name, processes[name], env=environment, cwd=str(settings.BASE_DIR))
+        if demo_models_wanted(demo=demo, processes=wanted):
+            train_demo_models_meanwhile(until=dt.datetime.now(dt.UTC), stdout=self.stdout)
 
         # honcho stops everything on SIGINT and SIGTERM; a closed terminal (SIGHUP) too.
         def hang_up(signum, frame) -> None:
@@ -189,6 +196,48 @@ def processes_to_run(
     if simulator is not None:
         wanted = wanted | DEMO_ONLY if simulator else wanted - DEMO_ONLY
     return [name for name in processes if name in wanted]
+
+
+def demo_models_wanted(*, demo: bool, processes: list[str]) -> bool:
+    """Whether `make run` trains the demo stations' Foresight models: with the demo plant and
+    its simulator, whose samples they are made for."""
+    return demo and bool(DEMO_ONLY & set(processes))
+
+
+def train_demo_models_meanwhile(*, until: dt.datetime, stdout) -> threading.Thread:
+    """`foresight_demo_models` in a thread while the processes start (about a minute the first
+    time, nothing afterwards), so it does not delay the web server; the scorer swaps each model
+    in as it is promoted. Its simulated history ends at `until`, before the live simulator
+    starts, so the two never interleave. A failure leaves the stations on their baseline."""
+    output = _Prefixed(stdout, "demo-models")
+
+    def train() -> None:
+        try:
+            call_command("foresight_demo_models", until=until.isoformat(), stdout=output)
+        except Exception as error:  # noqa: BLE001 - the product runs on without demo models
+            output.write(f"no demo models: {type(error).__name__}: {error}\n")
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=train, name="foresight-demo-models", daemon=True)
+    thread.start()
+    return thread
+
+
+class _Prefixed:
+    """Lines written as honcho writes its processes' (`09:31:02 name | line`)."""
+
+    def __init__(self, stdout, name: str) -> None:
+        self.stdout = stdout
+        self.name = name
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines():
+            self.stdout.write(f"{dt.datetime.now():%H:%M:%S} {self.name} | {line}\n")
+        self.stdout.flush()
+
+    def flush(self) -> None:
+        self.stdout.flush()
 
 
 def _port_from_environment() -> int:
