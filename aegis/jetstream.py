@@ -198,6 +198,13 @@ async def _provision_consumer(js: JetStreamContext, spec: ConsumerSpec, replicas
     changed = _differs(current, wanted, CONSUMER_FIELDS)
     if not changed:
         return "unchanged"
+    # Where a consumer starts cannot be updated, and the Foresight scorer re-creates
+    # `foresight-scorer` at a start sequence when it takes over from partitioned scorers.
+    wanted = wanted.evolve(
+        deliver_policy=current.deliver_policy,
+        opt_start_seq=current.opt_start_seq,
+        opt_start_time=current.opt_start_time,
+    )
     await js.add_consumer(spec.stream, wanted)  # creating an existing durable updates it
     return f"updated {', '.join(changed)}"
 

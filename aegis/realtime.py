@@ -14,7 +14,13 @@ PLANT_GROUP = "plant"
 
 
 def broadcast(event_type: str, payload: dict, *, group: str = PLANT_GROUP) -> None:
-    async_to_sync(get_channel_layer().group_send)(
+    async_to_sync(broadcast_async)(event_type, payload, group=group)
+
+
+async def broadcast_async(event_type: str, payload: dict, *, group: str = PLANT_GROUP) -> None:
+    """`broadcast` from a running event loop (the Foresight scorer): no thread, no event loop
+    and Redis connection per call."""
+    await get_channel_layer().group_send(
         group, {"type": "plant.event", "event": {"type": event_type, **payload}}
     )
 

@@ -74,7 +74,6 @@ import numpy as np
 import orjson
 import psycopg
 import structlog
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
 from nats.aio.client import Client
@@ -84,14 +83,16 @@ from nats.js.errors import NotFoundError
 
 from aegis import jetstream
 from aegis.backoff import Backoff
-from aegis.realtime import PLANT_GROUP
+from aegis.realtime import PLANT_GROUP, broadcast_async
 from aegis.stopping import StopsOnSignals
 from foresight import metrics
 from foresight.detectors import BaselineScorer, OnnxModel
 from foresight.explain import DEFAULT_Z_LIMIT
 from foresight.features import FeatureSpec
+from foresight.live import LiveFeed, production_scores
 from foresight.models import ModelStatus, ModelVersion
 from foresight.scoring import SCORE_COLUMNS, Alert, LoadedModel, Scored, ScoreRows, StationScorer
+from foresight.spc import SpcMonitor, Violation
 from mes.models import Station, StationSignal
 from mes.outbox import REGISTRY_BUCKET
 from telemetry.ingest import TELEMETRY_STREAM, Puller
@@ -178,8 +179,9 @@ class Partition:
         return cls(int(match[1]), int(match[2]))
 
     @classmethod
-    def from_environment(cls) -> Partition:
-        return cls.parse(os.environ.get(PARTITION_ENV) or "1/1")
+    def from_settings(cls) -> Partition:
+        """settings.FORESIGHT_PARTITION (AEGIS_FORESIGHT_PARTITION), else every station."""
+        return cls.parse(settings.FORESIGHT_PARTITION or "1/1")
 
     @property
     def whole(self) -> bool:
@@ -418,6 +420,7 @@ class ForesightScorer(StopsOnSignals):
         self.codes: dict[int, str] = {}
         self.scorers: dict[int, StationScorer] = {}
         self.models: dict[int, tuple[LoadedModel | None, list[LoadedModel]]] = {}
+        self.spc = SpcMonitor()  # SPC charts of the signals with active limits (docs/spc.md)
         self._unknown_checked: dict[str, float] = {}
         self._failure_logged: dict[str, float] = {}
         self._orm = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foresight-orm")
@@ -440,6 +443,7 @@ class ForesightScorer(StopsOnSignals):
         self.alerts = 0
         self.swaps = 0
         self.caught_up = 0  # samples of newly added stations read before joining the filter
+        self.live = LiveFeed()  # station.live events for the board (foresight/live.py)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -556,6 +560,19 @@ class ForesightScorer(StopsOnSignals):
         if station_ids is None:  # a full reload: stations without rows lose their models
             found = {**{sid: (None, []) for sid in self.models}, **found}
         self._swap(found)
+        await self._reload_spc(station_ids)
+
+    async def _reload_spc(self, station_ids: list[int] | None = None) -> None:
+        """The active SPC limits, on the models' triggers (activating or stopping limits
+        rewrites the station's KV entry; the resync), taken into use between two batches."""
+        from foresight.registry import control_limits_in_use
+
+        try:
+            limits = await self._in_orm_thread(control_limits_in_use, station_ids)
+        except DatabaseError as error:
+            logger.warning("foresight.spc_reload_failed", error=str(error))
+            return
+        self.spc.use(limits, station_ids=station_ids)
 
     def _swap(self, found: dict) -> None:
         """Take loaded models into use. Runs in the event loop, where a batch is scored in one
@@ -952,16 +969,17 @@ class ForesightScorer(StopsOnSignals):
         if unknown:
             await self._resolve(unknown)
         rows = ScoreRows()
-        alerts: list[Alert] = []
+        alerts: list[Alert | Violation] = []
         scored_samples = 0
         for code, station_samples in by_station.items():
             known = self.stations.get(code)
             if known is None or not self.partition.owns(code):
                 unscorable += len(station_samples)
                 continue
-            scored = self._score_station(known, station_samples)
+            scored, violations = self._score_station(known, station_samples)
             rows.add(known[0], scored)
             alerts.extend(scored.alerts)
+            alerts.extend(violations)
             scored_samples += len(station_samples)
         if not await self._store(rows, alerts):
             return False
@@ -978,6 +996,7 @@ class ForesightScorer(StopsOnSignals):
                 max(0.0, time.time() - newest_ns / 1e9)
             )
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.live.schedule()  # in the background: never delays the next batch
         if self.on_batch:
             self.on_batch(len(messages), scored_samples)
         return True
@@ -989,7 +1008,9 @@ class ForesightScorer(StopsOnSignals):
         for sample in message.samples:
             self._vetted.update(sample.signals)
 
-    def _score_station(self, known: tuple[int, int, list[str]], samples: StationSamples) -> Scored:
+    def _score_station(
+        self, known: tuple[int, int, list[str]], samples: StationSamples
+    ) -> tuple[Scored, list[Violation]]:
         station_id, _, signals = known
         scorer = self.scorers.get(station_id)
         if scorer is None:
@@ -1005,7 +1026,16 @@ class ForesightScorer(StopsOnSignals):
         scored = scorer.score(ts, seq, values, samples.raw)
         if scored.errors:
             metrics.SCORING_ERRORS.inc(scored.errors)
-        return scored
+        scores, threshold = production_scores(scored, scorer.production)
+        self.live.add(
+            station=self.codes[station_id],
+            line=known[1],
+            ts_ms=ts,
+            values=values,
+            scores=scores,
+            threshold=threshold,
+        )
+        return scored, self.spc.push(station_id, ts, seq, values)
 
     def _model_failed(self, version: str, error: Exception) -> None:
         """Logged once a minute per model (the counter has every failure): a broken model
@@ -1027,7 +1057,7 @@ class ForesightScorer(StopsOnSignals):
         with contextlib.suppress(DatabaseError):
             await self._in_orm_thread(self._load_stations)
 
-    async def _store(self, rows: ScoreRows, alerts: list[Alert]) -> bool:
+    async def _store(self, rows: ScoreRows, alerts: list[Alert | Violation]) -> bool:
         """The scores' COPY and the alerts' rows at the same time (both wait on PostgreSQL, on
         two connections). False when a stop came while the database was away."""
         work = []
@@ -1053,13 +1083,13 @@ class ForesightScorer(StopsOnSignals):
                     return False
                 await self._pause(backoff.next())
 
-    async def _raise_all(self, alerts: list[Alert]) -> bool:
+    async def _raise_all(self, alerts: list[Alert | Violation]) -> bool:
         for alert in alerts:
             if not await self._raise(alert):
                 return False  # the batch is not acknowledged: raised when it comes back (once)
         return True
 
-    async def _raise(self, alert: Alert) -> bool:
+    async def _raise(self, alert: Alert | Violation) -> bool:
         """Record the alert (retried while the database is away) and push it to browsers.
         False when a stop came first: the batch stays unacknowledged and comes back."""
         code = self.codes.get(alert.station_id)
@@ -1070,7 +1100,8 @@ class ForesightScorer(StopsOnSignals):
         backoff = Backoff(0.5, 10.0)
         while True:
             try:
-                payload = await self._in_orm_thread(_record_alert, alert)
+                record = _record_violation if isinstance(alert, Violation) else _record_alert
+                payload = await self._in_orm_thread(record, alert)
                 break
             except DatabaseError as error:
                 metrics.DATABASE_FAILURES.inc()
@@ -1079,15 +1110,13 @@ class ForesightScorer(StopsOnSignals):
                     return False
                 await self._pause(backoff.next())
         self.alerts += 1
-        metrics.ALERTS.labels("model" if alert.model else "baseline").inc()
+        metrics.ALERTS.labels(payload["source"]).inc()
         # Straight to the browsers (the outbox relay publishes it to NATS for other consumers),
         # from this event loop: aegis.realtime.broadcast would start a loop and a Redis
-        # connection per call. The event is the one broadcast() sends.
-        event = {"type": "plant.event", "event": {"type": "defect.alert", **payload}}
-        layer = get_channel_layer()
+        # connection per call.
         for group in (station_group(code), line_group(line_id), PLANT_GROUP):
             try:
-                await layer.group_send(group, event)
+                await broadcast_async("defect.alert", payload, group=group)
             except Exception as error:  # noqa: BLE001 - a Redis hiccup must not stop scoring
                 logger.warning("foresight.push_failed", group=group, error=repr(error)[:300])
         return True
@@ -1110,6 +1139,7 @@ class ForesightScorer(StopsOnSignals):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _close(self) -> None:
+        await self.live.close()
         if self.puller is not None:
             await self.puller.stop()
         await self.store.close()
@@ -1140,4 +1170,11 @@ def _record_alert(alert: Alert) -> dict:
         triggering=alert.triggering,
         explanation=alert.explanation,
     )
+    return orjson.loads(orjson.dumps(alert_payload(row)))
+
+
+def _record_violation(violation: Violation) -> dict:
+    from foresight.registry import alert_payload, raise_spc_violation
+
+    row = raise_spc_violation(violation=violation)
     return orjson.loads(orjson.dumps(alert_payload(row)))

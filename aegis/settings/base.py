@@ -115,6 +115,8 @@ FORESIGHT_ARTIFACT_DIR = (
 # A station without a model is scored by a running baseline; its alerts are off by default: on
 # the demo plant's cyclic signals it raised about 75 alerts a minute. Train a model instead.
 FORESIGHT_BASELINE_ALERTS = env.boolean("AEGIS_FORESIGHT_BASELINE_ALERTS", False)
+# Scorer I of N (`manage.py foresight --partition` overrides it); docs/foresight.md, Partitions.
+FORESIGHT_PARTITION = env.string("AEGIS_FORESIGHT_PARTITION", "1/1")
 # The read-only PostgreSQL role of ODBC/JDBC reporting clients (`manage.py reporting_role`).
 AEGIS_REPORTING_ROLE = env.string("AEGIS_REPORTING_ROLE", "aegis_reporting")
 

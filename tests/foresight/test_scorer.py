@@ -24,7 +24,7 @@ from django.db import connection
 from onnx import TensorProto, helper, numpy_helper
 from websockets.sync.client import connect
 
-from foresight import metrics, registry
+from foresight import metrics, registry, spc
 from foresight.detectors import train
 from foresight.features import FeatureSpec, StationWindows
 from foresight.models import DefectAlert, ModelStatus
@@ -247,12 +247,19 @@ def test_an_alert_reaches_a_websocket_client_with_its_explanation(client, detect
         assert json.loads(socket.recv(timeout=10))["type"] == "hello"
         publish(normal)
         wait_until(lambda: running.service.scored >= 2_000, 30, "normal samples scored")
+        live = json.loads(socket.recv(timeout=10))  # the board's summary of what was scored
         sent = time.monotonic()
         publish([Published(subject(station), batch(station.code, t0 + 2_000, 50, torque=48.0))])
         event = json.loads(socket.recv(timeout=10))
+        while event["type"] == "station.live":
+            event = json.loads(socket.recv(timeout=10))
         seconds = time.monotonic() - sent
 
     print(f"\npublish → websocket: {seconds * 1000:.0f} ms")
+    assert live["type"] == "station.live"
+    assert live["station"] == station.code
+    assert live["signals"]["torque"]["last"] is not None
+    assert live["threshold"] is not None
     assert event["type"] == "defect.alert"
     assert event["station_id"] == station.code
     assert event["source"] == "model"
@@ -260,6 +267,56 @@ def test_an_alert_reaches_a_websocket_client_with_its_explanation(client, detect
     assert event["anomaly_score"] >= event["threshold"]
     assert event["explanation"][0]["signal"] == "torque"
     assert {"feature", "z", "share"} <= event["explanation"][0].keys()
+
+
+def epoch_ms(instant: str) -> int:
+    return round(dt.datetime.fromisoformat(instant).timestamp() * 1000)
+
+
+@live
+def test_an_spc_violation_in_live_telemetry_reaches_a_websocket_client_naming_its_rule(client):
+    station = StationFactory(code=f"sp-{secrets.token_hex(3)}")
+    limits = spc.compute_limits(np.random.default_rng(3).normal(40.0, 0.4, 400), 1)
+    now = dt.datetime.now(dt.UTC)
+    registry.control_limits_activate(
+        station=station,
+        signal="torque",
+        limits=limits,
+        baseline_start=now - dt.timedelta(hours=1),
+        baseline_end=now,
+        user=None,
+    )
+    client.force_login(UserFactory(role="operator"))
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    t0 = now_ms() - 10_000
+    spike_ts = t0 + 500
+    spike = {"ts": spike_ts, "seq": 0, "signals": {"torque": 48.0, "angle": 30.0}}
+    with (
+        daphne() as base_url,
+        connect(
+            f"{base_url.replace('http://', 'ws://')}/ws/events/?station={station.code}",
+            additional_headers={"Cookie": cookie, "Origin": base_url},
+            open_timeout=10,
+        ) as socket,
+        ServedInThread(ForesightScorer()) as running,
+    ):
+        assert json.loads(socket.recv(timeout=10))["type"] == "hello"
+        publish([Published(subject(station), batch(station.code, t0, 500))])
+        wait_until(lambda: running.service.scored >= 500, 30, "in-control samples scored")
+        publish([Published(subject(station), message([spike], station_id=station.code))])
+        event = json.loads(socket.recv(timeout=10))
+        while not (event["type"] == "defect.alert" and epoch_ms(event["ts"]) == spike_ts):
+            event = json.loads(socket.recv(timeout=10))
+
+    assert (event["source"], event["rule"], event["chart"]) == ("spc", "nelson_1", "i")
+    assert event["spc"]["value"] == 48.0
+    assert event["spc"]["ucl"] == pytest.approx(limits.ucl)
+    # In-control noise may break the run rules now and then; the spike breaks rule 1.
+    stored = DefectAlert.objects.get(
+        station=station, ts=event["ts"], source="spc", rule="nelson_1", chart="i"
+    )
+    assert stored.model_version is None
+    assert stored.triggering == {"torque": 48.0, "angle": 30.0}
 
 
 # -- decoding, without servers ----------------------------------------------------------------

@@ -218,9 +218,10 @@ def test_a_swap_between_batches_scores_each_sample_with_exactly_one_production_m
     assert not np.isnan(after[0].by_model[0][2]).any()
 
 
-def test_the_baseline_spec_follows_the_stations_own_signals():
+def test_the_baseline_spec_follows_the_stations_own_signals_in_trainings_order():
+    # The default spec's signals first, in its order, then the others by name.
     spec = baseline_spec(["pressure", "flow", "torque", "angle"])
-    assert spec.signals == ("angle", "flow", "pressure", "torque")
+    assert spec.signals == ("torque", "angle", "flow", "pressure")
     assert spec.correlations == (("torque", "angle"),)
     assert baseline_spec(None).signals == ("torque", "angle", "current", "temperature")
 

@@ -61,7 +61,7 @@ class Command(BaseCommand):
             partition = (
                 Partition.parse(options["partition"])
                 if options["partition"] is not None
-                else Partition.from_environment()
+                else Partition.from_settings()
             )
         except ValueError as error:
             raise CommandError(str(error)) from error
