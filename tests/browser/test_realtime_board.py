@@ -80,9 +80,6 @@ def test_an_arrival_posted_to_the_api_changes_the_tile_within_a_second(
     assert opened.errors == []
 
 
-# The scorer does not call foresight/live.py's LiveFeed yet (the wiring lands with the scorer
-# work of issue 5): strict, so this fails loudly as soon as station.live events flow.
-@pytest.mark.xfail(strict=True, reason="station.live is not sent by the scorer yet")
 def test_published_telemetry_moves_the_tiles_value_sparkline_and_score(open_page, watched):
     station = watched
     opened = open_page("/", role="supervisor")
