@@ -1,7 +1,7 @@
 """What the browser tests look at: the demo plant as `make run` runs it, and a test bench.
 
 `DemoPlant` is `make run` in miniature: the demo plant (`seed_demo_plant`), a Foresight model per
-demo station trained by the product's own `foresight_demo_models` code (on a shorter history),
+demo station trained by the product's own `foresight_demo_models` code (30 simulated minutes),
 and the real processes of the Procfile — the outbox relay, an ingest worker, the Foresight
 scorer and the plant simulator — as separate `manage.py` processes against the test session's
 PostgreSQL, NATS and Redis. The pages and their screenshots show what a newcomer sees.
@@ -69,7 +69,7 @@ from tests.telemetry.conftest import reset_telemetry_streams
 
 READY_S = 180.0  # a loaded 2-core machine starts four Django processes slowly
 SIMULATOR_RATE_HZ = demo.DEFAULT_RATE_HZ  # what `make run` simulates
-DEMO_MODEL_MINUTES = 1.0  # `make run` trains on 30 simulated minutes; enough for the pages
+DEMO_MODEL_MINUTES = None  # as `make run`: 30 simulated minutes, so the pages show its models
 BENCH_TICK_S = 0.05  # a message per bench station every 50 ms: 50 samples at 1 kHz
 
 T = TypeVar("T")

@@ -71,6 +71,9 @@ SETTLED = """() => {
 }"""
 
 
+SPARKLINE_FILL_MS = 5_000
+
+
 def open_settled(open_page, demo_plant: DemoPlant, page: Page, viewport: dict):
     opened = open_page(page.path(demo_plant), role=page.role, viewport=viewport)
     opened.page.wait_for_function(SETTLED, timeout=SETTLED_S * 1000)
@@ -129,6 +132,9 @@ def test_screenshots_of_every_page(open_page, demo_plant):
     sizes = {}
     for page, viewport, name in shots:
         opened = open_settled(open_page, demo_plant, page, viewport)
+        if page.name == "board":
+            # Its sparklines draw from the live events (two a second): let a few arrive.
+            opened.page.wait_for_timeout(SPARKLINE_FILL_MS)
         target = SCREENSHOTS / f"{name}.png"
         height = min(SCREENSHOT_MAX_HEIGHT, opened.page.evaluate("document.body.scrollHeight"))
         opened.page.screenshot(
