@@ -83,6 +83,31 @@
     }).observe(element);
   }
 
+  // A stretch without data (the station stopped, the PLC went quiet) should read as a gap, not
+  // as a straight line from the last value before it to the first after: where consecutive
+  // instants lie more than GAP_STEPS typical steps apart, a null row is put between them, and
+  // uPlot breaks its lines and bands at nulls.
+  const GAP_STEPS = 5;
+
+  function withGaps(xs, columns) {
+    if (xs.length < 3) return [xs, ...columns];
+    const steps = [];
+    for (let i = 1; i < xs.length; i++) steps.push(xs[i] - xs[i - 1]);
+    const typical = steps.slice().sort((a, b) => a - b)[Math.floor(steps.length / 2)];
+    if (!(typical > 0)) return [xs, ...columns];
+    const outX = [xs[0]];
+    const outColumns = columns.map((column) => [column[0]]);
+    for (let i = 1; i < xs.length; i++) {
+      if (xs[i] - xs[i - 1] > GAP_STEPS * typical) {
+        outX.push(xs[i - 1] + typical);
+        outColumns.forEach((column) => column.push(null));
+      }
+      outX.push(xs[i]);
+      outColumns.forEach((column, c) => column.push(columns[c][i]));
+    }
+    return [outX, ...outColumns];
+  }
+
   // One signal: the lowest and highest value per bucket as a band, the mean as a line.
   function signal(element, columns, options) {
     options = options || {};
@@ -108,7 +133,7 @@
         hooks: { draw: [overlay(lines, options.cursorAt, options.markers)] },
         legend: { live: true },
       },
-      [columns.ts.slice(), columns.min.slice(), columns.max.slice(), columns.mean.slice()],
+      withGaps(columns.ts, [columns.min, columns.max, columns.mean]),
       element
     );
     fit(plot, element);
@@ -126,7 +151,7 @@
       series.ts.forEach((ts, i) => { values[index.get(ts)] = series.max[i]; });
       return values;
     });
-    return [xs, ...columns];
+    return withGaps(xs, columns);
   }
 
   function scoreLabel(series) {
@@ -173,7 +198,7 @@
   }
 
   window.Aegis = window.Aegis || {};
-  window.Aegis.charts = { signal, scores, align, overlay, fit, width, zoned, AXIS, COLOURS };
+  window.Aegis.charts = { signal, scores, align, withGaps, overlay, fit, width, zoned, AXIS, COLOURS };
 
   // -- the station page -------------------------------------------------------------------
 
@@ -273,7 +298,7 @@
   function redraw() {
     redrawQueued = false;
     for (const { columns, plot } of signalPlots) {
-      plot.setData([columns.ts, columns.min, columns.max, columns.mean]);
+      plot.setData(withGaps(columns.ts, [columns.min, columns.max, columns.mean]));
     }
     if (scorePlot) scorePlot.setData(align(data.scores));
   }

@@ -152,3 +152,23 @@ def test_screenshots_of_every_page(open_page, demo_plant):
 
     too_big = {name: size for name, size in sizes.items() if size > MAX_SCREENSHOT_BYTES}
     assert not too_big, f"screenshots over {MAX_SCREENSHOT_BYTES} bytes: {too_big}"
+
+
+def test_charts_break_their_lines_where_the_data_stops(open_page, demo_plant):
+    # The station page's charts (shared with the VIN trace and the models page): a stretch
+    # without data is a gap (a null between the instants around it), not a straight line.
+    station = next(page for page in PAGES if page.name == "station")
+    opened = open_settled(open_page, demo_plant, station, DESKTOP)
+    steady, gapped = opened.page.evaluate(
+        """() => [
+          Aegis.charts.withGaps([0, 1, 2, 3, 4], [[5, 6, 7, 8, 9]]),
+          Aegis.charts.withGaps([0, 1, 2, 3, 60, 61], [[5, 6, 7, 8, 9, 10], [1, 1, 1, 1, 1, 1]]),
+        ]"""
+    )
+
+    assert steady == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert gapped == [
+        [0, 1, 2, 3, 4, 60, 61],
+        [5, 6, 7, 8, None, 9, 10],
+        [1, 1, 1, 1, None, 1, 1],
+    ]
