@@ -9,6 +9,7 @@ test_partitions.py."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -224,17 +225,11 @@ def test_a_hundred_hot_swaps_under_load_score_every_sample_exactly_once(detector
     assert max(delays) < 1.0
 
 
-@live
-def test_an_alert_reaches_a_websocket_client_with_its_explanation(client, detector):
-    station = StationFactory(code=f"ws-{secrets.token_hex(3)}")
-    registry.promote(version=register(station, detector), to=ModelStatus.PRODUCTION)
-    user = UserFactory(role="operator")
-    client.force_login(user)
+@contextlib.contextmanager
+def watching(client, station):
+    """A live scorer and an operator's websocket on the station, past its hello."""
+    client.force_login(UserFactory(role="operator"))
     cookie = f"sessionid={client.cookies['sessionid'].value}"
-    t0 = now_ms() - 10_000
-    normal = [
-        Published(subject(station), batch(station.code, t0 + n * 100, 100)) for n in range(20)
-    ]
     with (
         daphne() as base_url,
         connect(
@@ -245,6 +240,18 @@ def test_an_alert_reaches_a_websocket_client_with_its_explanation(client, detect
         ServedInThread(ForesightScorer()) as running,
     ):
         assert json.loads(socket.recv(timeout=10))["type"] == "hello"
+        yield socket, running
+
+
+@live
+def test_an_alert_reaches_a_websocket_client_with_its_explanation(client, detector):
+    station = StationFactory(code=f"ws-{secrets.token_hex(3)}")
+    registry.promote(version=register(station, detector), to=ModelStatus.PRODUCTION)
+    t0 = now_ms() - 10_000
+    normal = [
+        Published(subject(station), batch(station.code, t0 + n * 100, 100)) for n in range(20)
+    ]
+    with watching(client, station) as (socket, running):
         publish(normal)
         wait_until(lambda: running.service.scored >= 2_000, 30, "normal samples scored")
         live = json.loads(socket.recv(timeout=10))  # the board's summary of what was scored
@@ -286,21 +293,10 @@ def test_an_spc_violation_in_live_telemetry_reaches_a_websocket_client_naming_it
         baseline_end=now,
         user=None,
     )
-    client.force_login(UserFactory(role="operator"))
-    cookie = f"sessionid={client.cookies['sessionid'].value}"
     t0 = now_ms() - 10_000
     spike_ts = t0 + 500
     spike = {"ts": spike_ts, "seq": 0, "signals": {"torque": 48.0, "angle": 30.0}}
-    with (
-        daphne() as base_url,
-        connect(
-            f"{base_url.replace('http://', 'ws://')}/ws/events/?station={station.code}",
-            additional_headers={"Cookie": cookie, "Origin": base_url},
-            open_timeout=10,
-        ) as socket,
-        ServedInThread(ForesightScorer()) as running,
-    ):
-        assert json.loads(socket.recv(timeout=10))["type"] == "hello"
+    with watching(client, station) as (socket, running):
         publish([Published(subject(station), batch(station.code, t0, 500))])
         wait_until(lambda: running.service.scored >= 500, 30, "in-control samples scored")
         publish([Published(subject(station), message([spike], station_id=station.code))])
