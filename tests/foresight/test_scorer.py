@@ -212,6 +212,11 @@ def test_a_hundred_hot_swaps_under_load_score_every_sample_exactly_once(detector
             registry.promote(version=model, to=ModelStatus.PRODUCTION)
             # From the promotion's commit to the scorer using the new model.
             delays.append(wait_until(lambda s=swaps: scorer.swaps > s, 5, f"{model} swapped in"))
+            # Swaps apply between batches, so the next batch is the new model's. Waiting for it
+            # keeps two promotions from landing between the same two batches (with a batch every
+            # 50 ms that happens), so that every model scores samples.
+            scored = scorer.scored
+            wait_until(lambda n=scored: scorer.scored > n, 5, f"a batch scored by {model}")
         assert publisher.thread.is_alive(), "the swaps outlasted the load"
         publisher.join(120)
         wait_until(lambda: production_rows(station)[1] >= len(stream) * 20, 60, "all scored")

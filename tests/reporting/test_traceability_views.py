@@ -190,15 +190,17 @@ def plan(query: str, params) -> str:
         cursor.execute("SET LOCAL enable_seqscan = off")
         # Statistics of this test's rows, not of whatever an earlier test left behind: with
         # stale ones the planner may reach mes_unit through its primary key and filter.
-        cursor.execute("ANALYZE mes_unit, mes_stationvisit")
+        cursor.execute("ANALYZE mes_unit, mes_stationvisit, telemetry_sample")
         cursor.execute(f"EXPLAIN {query}", params)
         return "\n".join(line for (line,) in cursor.fetchall())
 
 
 def crowd_the_line(vin: str, units: int) -> None:
     """Give the traced vehicle's work order `units` more vehicles, each with one visit to a
-    station of its own hour: with two visits in the table any plan is as cheap as any other,
-    with thousands only an index on the unit finds one vehicle's visits quickly."""
+    station of its own hour, and the station four times as many samples of nobody: with a
+    handful of rows in a table any plan is as cheap as any other (and which one the planner
+    picks depends on what earlier tests left in its statistics); with thousands only the
+    indexes on the unit and the VIN find one vehicle's rows quickly."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -219,6 +221,17 @@ def crowd_the_line(vin: str, units: int) -> None:
             ) AS v
             """,
             [units, vin, vin],
+        )
+        # And a sample a second of the same station from the crowd's hours, without a VIN: a
+        # few rows of the traced vehicle among many more of nobody.
+        cursor.execute(
+            """
+            INSERT INTO telemetry_sample (station_id, ts, seq, signals)
+            SELECT s.station_id, s.ts + make_interval(hours => 1, secs => n), 0, s.signals
+            FROM generate_series(1, %s) AS n,
+                 (SELECT station_id, ts, signals FROM telemetry_sample LIMIT 1) AS s
+            """,
+            [units * 4],
         )
 
 
