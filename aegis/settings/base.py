@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "telemetry",
     "foresight",
     "reporting",
+    "edge",
 ]
 
 MIDDLEWARE = [
