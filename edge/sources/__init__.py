@@ -173,6 +173,23 @@ def refuse_unknown_keys(section: Mapping[str, Any], known: set[str], *, path: st
         )
 
 
+def sources_from_list(
+    section: Any, *, path: str, noun: str, build: Callable[[Any, str], Any]
+) -> list:
+    """One source per entry of a protocol's list in edge.yaml, built by `build(entry, path)`.
+
+    Source names label metrics and health, so two entries may not share one.
+    """
+    if not isinstance(section, list):
+        raise SourceConfigError(f"{path}: expected a list of {noun}s, got {section!r}")
+    sources = [build(entry, f"{path}[{index}]") for index, entry in enumerate(section)]
+    names = [source.name for source in sources]
+    for name in names:
+        if names.count(name) > 1:
+            raise SourceConfigError(f"{path}: two {noun}s are named {name!r}; set `name`")
+    return sources
+
+
 class SlotCounter:
     """Hands out the seq slots of one protocol, per station, in config order."""
 

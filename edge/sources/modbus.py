@@ -35,6 +35,7 @@ from edge.sources import (
     now_ms,
     reconnecting,
     refuse_unknown_keys,
+    sources_from_list,
     take,
     take_choice,
     take_list,
@@ -305,18 +306,13 @@ class ModbusDevice:
 
 def from_config(section: list, *, path: str) -> list[ModbusDevice]:
     """The `modbus:` list of edge.yaml: one source per device."""
-    if not isinstance(section, list):
-        raise SourceConfigError(f"{path}: expected a list of devices, got {section!r}")
     slots = SlotCounter(SLOT_BASE_MODBUS)
-    devices = [
-        ModbusDevice(device_config(entry, path=f"{path}[{index}]", slots=slots))
-        for index, entry in enumerate(section)
-    ]
-    names = [device.name for device in devices]
-    for name in names:
-        if names.count(name) > 1:
-            raise SourceConfigError(f"{path}: two devices are named {name!r}; set `name`")
-    return devices
+    return sources_from_list(
+        section,
+        path=path,
+        noun="device",
+        build=lambda entry, at: ModbusDevice(device_config(entry, path=at, slots=slots)),
+    )
 
 
 def device_config(entry: Mapping[str, Any], *, path: str, slots: SlotCounter) -> ModbusDeviceConfig:

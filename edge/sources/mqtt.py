@@ -43,6 +43,7 @@ from edge.sources import (
     reconnecting,
     refuse_unknown_keys,
     secret_from_env,
+    sources_from_list,
     take,
     take_choice,
     take_port,
@@ -396,26 +397,16 @@ def tls_context(tls: Mapping[str, Any]) -> ssl.SSLContext:
 
 def from_config(section: list, *, path: str) -> list[MqttBroker]:
     """The `mqtt:` list of edge.yaml: one source per broker."""
-    if not isinstance(section, list):
-        raise SourceConfigError(f"{path}: expected a list of brokers, got {section!r}")
     json_slots = SlotCounter(SLOT_BASE_MQTT_JSON)
     sparkplug_slots = SlotCounter(SLOT_BASE_SPARKPLUG)
-    brokers = [
-        MqttBroker(
-            broker_config(
-                entry,
-                path=f"{path}[{index}]",
-                json_slots=json_slots,
-                sparkplug_slots=sparkplug_slots,
-            )
-        )
-        for index, entry in enumerate(section)
-    ]
-    names = [broker.name for broker in brokers]
-    for name in names:
-        if names.count(name) > 1:
-            raise SourceConfigError(f"{path}: two brokers are named {name!r}; set `name`")
-    return brokers
+    return sources_from_list(
+        section,
+        path=path,
+        noun="broker",
+        build=lambda entry, at: MqttBroker(
+            broker_config(entry, path=at, json_slots=json_slots, sparkplug_slots=sparkplug_slots)
+        ),
+    )
 
 
 def broker_config(

@@ -39,6 +39,7 @@ from edge.sources import (
     reconnecting,
     refuse_unknown_keys,
     secret_from_env,
+    sources_from_list,
     take,
     take_choice,
     take_list,
@@ -249,18 +250,13 @@ class OpcUaServer:
 
 def from_config(section: list, *, path: str) -> list[OpcUaServer]:
     """The `opcua:` list of edge.yaml: one source per server."""
-    if not isinstance(section, list):
-        raise SourceConfigError(f"{path}: expected a list of servers, got {section!r}")
     slots = SlotCounter(SLOT_BASE_OPCUA)
-    servers = [
-        OpcUaServer(server_config(entry, path=f"{path}[{index}]", slots=slots))
-        for index, entry in enumerate(section)
-    ]
-    names = [server.name for server in servers]
-    for name in names:
-        if names.count(name) > 1:
-            raise SourceConfigError(f"{path}: two servers are named {name!r}; set `name`")
-    return servers
+    return sources_from_list(
+        section,
+        path=path,
+        noun="server",
+        build=lambda entry, at: OpcUaServer(server_config(entry, path=at, slots=slots)),
+    )
 
 
 def server_config(entry: Mapping[str, Any], *, path: str, slots: SlotCounter) -> OpcUaServerConfig:
