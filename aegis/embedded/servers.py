@@ -27,6 +27,8 @@ import psutil
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+# nats-server's `sync_interval`: fsync before every acknowledgement, or every so often.
+NATS_SYNC_INTERVAL = re.compile(r"always|\d+(ms|s|m|h)")
 
 
 class EmbeddedServerError(RuntimeError):
@@ -357,7 +359,7 @@ class NatsServer(_ConfiguredDaemon):
 
     def __init__(self, data_dir: Path, password: str, sync_interval: str = "always") -> None:
         super().__init__(data_dir / "nats", password)
-        if not re.fullmatch(r"always|\d+(ms|s|m|h)", sync_interval):
+        if not NATS_SYNC_INTERVAL.fullmatch(sync_interval):
             raise EmbeddedServerError(
                 f"AEGIS_NATS_SYNC_INTERVAL: expected 'always' or a duration like 2m, "
                 f"got {sync_interval!r}"

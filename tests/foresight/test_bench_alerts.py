@@ -59,6 +59,7 @@ def test_a_small_run_with_two_scorers_receives_every_injected_alert_and_cleans_u
     assert result["background_samples_per_s"] > 1_500
     assert set(result["cpu_seconds"]) >= {"scorer", "ingest", "web", "postgresql"}
     assert result["scorers"] == 2
+    assert result["nats_sync_interval"] == "always"
     assert len(result["scorer_cpu_seconds_each"]) == 2
     assert result["cpu_seconds"]["scorer"] == pytest.approx(sum(result["scorer_cpu_seconds_each"]))
     assert 0 < result["scorer_cpu_us_per_sample"] < 10_000
@@ -70,7 +71,11 @@ def test_a_small_run_with_two_scorers_receives_every_injected_alert_and_cleans_u
 
 @pytest.mark.parametrize(
     ("arguments", "complaint"),
-    [(["--seconds=2"], "--seconds must exceed"), (["--scorers=3", "--stations=2"], "--scorers")],
+    [
+        (["--seconds=2"], "--seconds must exceed"),
+        (["--scorers=3", "--stations=2"], "--scorers"),
+        (["--sync-interval=often"], "--sync-interval must be"),
+    ],
 )
 def test_sizes_that_cannot_run_are_refused(arguments, complaint):
     done = subprocess.run(

@@ -1,6 +1,7 @@
 import orjson
 from django.core.management.base import BaseCommand, CommandError
 
+from aegis.embedded.servers import NATS_SYNC_INTERVAL
 from foresight import bench
 from telemetry import bench as ingest_bench
 
@@ -52,6 +53,13 @@ class Command(BaseCommand):
             help="scorer processes, each scoring one partition of the stations "
             "(default %(default)s)",
         )
+        parser.add_argument(
+            "--sync-interval",
+            default=defaults.sync_interval,
+            help="the nats-server's sync_interval: 'always' (default, every message on disk "
+            "before it is acknowledged and delivered, as the product runs) or a duration such "
+            "as '2m' (the server's default) to see how much of the latency is the disk's",
+        )
 
     def handle(self, *args, **options):
         sizes = bench.AlertBenchSizes(
@@ -60,7 +68,10 @@ class Command(BaseCommand):
             seconds=options["seconds"],
             interval_s=options["interval"],
             scorers=options["scorers"],
+            sync_interval=options["sync_interval"],
         )
+        if not NATS_SYNC_INTERVAL.fullmatch(sizes.sync_interval):
+            raise CommandError("--sync-interval must be 'always' or a duration such as 2m or 10s")
         if not 1 <= sizes.scorers <= min(8, sizes.stations):
             raise CommandError("--scorers must be 1-8 and at most --stations")
         if not 1 <= sizes.stations <= 500 or sizes.rate < sizes.stations * 20:
@@ -103,6 +114,6 @@ class Command(BaseCommand):
             f"{result['scorers']} scorer(s): {result['scorer_cpu_us_per_sample']:.1f} µs CPU per "
             f"sample; backlog mean {result['scorer_lag_mean_s']:.2f} s, max "
             f"{result['scorer_lag_max_s']:.2f} s of traffic; publish → stream ack p99 "
-            f"{result['publish_ack_p99_ms']:.1f} ms\n"
+            f"{result['publish_ack_p99_ms']:.1f} ms (sync_interval {sizes.sync_interval})\n"
             f"CPU seconds over the {result['seconds']:.0f} s run: {cpu}"
         )
