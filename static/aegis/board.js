@@ -186,32 +186,38 @@
       context.stroke();
     }
     context.setLineDash([]);
-    // Min–max band of each interval, then the line of its last values.
-    context.fillStyle = styles.getPropertyValue("--spark-band") || "rgba(63,167,255,0.25)";
-    context.beginPath();
-    series.forEach((point, index) => {
-      const px = x(point.t);
-      const py = y(point.max ?? point.last);
-      if (index === 0) context.moveTo(px, py);
-      else context.lineTo(px, py);
-    });
-    for (let index = series.length - 1; index >= 0; index--) {
-      const point = series[index];
-      context.lineTo(x(point.t), y(point.min ?? point.last));
+    // Min–max band of each interval, then the line of its last values; each run of the series
+    // (Aegis.live.gaps) on its own, so a stretch without events reads as a gap.
+    const band = styles.getPropertyValue("--spark-band") || "rgba(63,167,255,0.25)";
+    const line = styles.getPropertyValue("--spark-line") || "#3fa7ff";
+    for (const [first, end] of Aegis.live.gaps(series.map((point) => point.t)).runs) {
+      const run = series.slice(first, end);
+      context.fillStyle = band;
+      context.beginPath();
+      run.forEach((point, index) => {
+        const px = x(point.t);
+        const py = y(point.max ?? point.last);
+        if (index === 0) context.moveTo(px, py);
+        else context.lineTo(px, py);
+      });
+      for (let index = run.length - 1; index >= 0; index--) {
+        const point = run[index];
+        context.lineTo(x(point.t), y(point.min ?? point.last));
+      }
+      context.closePath();
+      context.fill();
+      context.strokeStyle = line;
+      context.lineWidth = 1.5;
+      context.beginPath();
+      let started = false;
+      for (const point of run) {
+        if (point.last === null) continue;
+        if (!started) context.moveTo(x(point.t), y(point.last));
+        else context.lineTo(x(point.t), y(point.last));
+        started = true;
+      }
+      context.stroke();
     }
-    context.closePath();
-    context.fill();
-    context.strokeStyle = styles.getPropertyValue("--spark-line") || "#3fa7ff";
-    context.lineWidth = 1.5;
-    context.beginPath();
-    let started = false;
-    for (const point of series) {
-      if (point.last === null) continue;
-      if (!started) context.moveTo(x(point.t), y(point.last));
-      else context.lineTo(x(point.t), y(point.last));
-      started = true;
-    }
-    context.stroke();
   }
 
   Aegis.live.on("station.live", (event) => {
@@ -278,6 +284,9 @@
   Aegis.live.on("hello", (event) => {
     if (event.reconnected) resync();
   });
+
+  // The sparkline's drawing, for tests of what a series looks like.
+  window.Aegis.board = { draw };
 
   window.addEventListener("resize", () => {
     for (const [code, series] of points) {

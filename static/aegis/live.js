@@ -148,6 +148,32 @@
     }
   });
 
+  // A stretch without data (the station stopped, the PLC went quiet) should read as a gap in a
+  // chart, not as a straight line from the last value before it to the first after.
+  // gaps(xs) cuts ascending instants into runs without such a gap: {step, runs}, with step the
+  // typical (median) step and runs the [start, end) index pairs; a new run starts where an
+  // instant lies more than GAP_STEPS typical steps after the one before.
+  const GAP_STEPS = 5;
+
+  function gaps(xs) {
+    const whole = { step: null, runs: xs.length ? [[0, xs.length]] : [] };
+    if (xs.length < 3) return whole;
+    const steps = [];
+    for (let i = 1; i < xs.length; i++) steps.push(xs[i] - xs[i - 1]);
+    const step = steps.slice().sort((a, b) => a - b)[Math.floor(steps.length / 2)];
+    if (!(step > 0)) return whole;
+    const runs = [];
+    let start = 0;
+    for (let i = 1; i < xs.length; i++) {
+      if (xs[i] - xs[i - 1] > GAP_STEPS * step) {
+        runs.push([start, i]);
+        start = i;
+      }
+    }
+    runs.push([start, xs.length]);
+    return { step, runs };
+  }
+
   window.Aegis = window.Aegis || {};
   window.Aegis.live = {
     on: on,
@@ -156,6 +182,7 @@
       return status;
     },
     // Shared helpers of the page scripts.
+    gaps: gaps,
     csrfToken() {
       const meta = document.querySelector('meta[name="csrf-token"]');
       return meta ? meta.content : "";

@@ -83,28 +83,23 @@
     }).observe(element);
   }
 
-  // A stretch without data (the station stopped, the PLC went quiet) should read as a gap, not
-  // as a straight line from the last value before it to the first after: where consecutive
-  // instants lie more than GAP_STEPS typical steps apart, a null row is put between them, and
-  // uPlot breaks its lines and bands at nulls.
-  const GAP_STEPS = 5;
-
+  // Gaps in the data (Aegis.live.gaps) read as gaps: a null row goes between two runs, one
+  // typical step after the last instant before the gap, and uPlot breaks lines and bands there.
   function withGaps(xs, columns) {
-    if (xs.length < 3) return [xs, ...columns];
-    const steps = [];
-    for (let i = 1; i < xs.length; i++) steps.push(xs[i] - xs[i - 1]);
-    const typical = steps.slice().sort((a, b) => a - b)[Math.floor(steps.length / 2)];
-    if (!(typical > 0)) return [xs, ...columns];
-    const outX = [xs[0]];
-    const outColumns = columns.map((column) => [column[0]]);
-    for (let i = 1; i < xs.length; i++) {
-      if (xs[i] - xs[i - 1] > GAP_STEPS * typical) {
-        outX.push(xs[i - 1] + typical);
+    const { step, runs } = Aegis.live.gaps(xs);
+    if (runs.length < 2) return [xs, ...columns];
+    const outX = [];
+    const outColumns = columns.map(() => []);
+    runs.forEach(([start, end], index) => {
+      if (index > 0) {
+        outX.push(xs[start - 1] + step);
         outColumns.forEach((column) => column.push(null));
       }
-      outX.push(xs[i]);
-      outColumns.forEach((column, c) => column.push(columns[c][i]));
-    }
+      for (let i = start; i < end; i++) {
+        outX.push(xs[i]);
+        outColumns.forEach((column, c) => column.push(columns[c][i]));
+      }
+    });
     return [outX, ...outColumns];
   }
 

@@ -172,3 +172,38 @@ def test_charts_break_their_lines_where_the_data_stops(open_page, demo_plant):
         [5, 6, 7, 8, None, 9, 10],
         [1, 1, 1, 1, None, 1, 1],
     ]
+
+
+def test_the_boards_sparklines_leave_a_gap_where_a_station_sent_nothing(open_page, demo_plant):
+    # A sparkline of 20 s of events every 0.5 s, 20 s of nothing, then 20 s more: the middle of
+    # the canvas (the silent 20 s) stays empty, while the runs either side are drawn.
+    board = next(page for page in PAGES if page.name == "board")
+    opened = open_settled(open_page, demo_plant, board, DESKTOP)
+    painted = opened.page.evaluate(
+        """() => {
+          const canvas = document.createElement("canvas");
+          canvas.style.width = "600px";
+          canvas.style.height = "40px";
+          document.body.append(canvas);
+          const series = [];
+          for (let t = 0; t <= 60000; t += 500) {
+            if (t > 20000 && t < 40000) continue;
+            series.push({ t, min: 9 + (t % 1500) / 1000, max: 11, last: 10 });
+          }
+          Aegis.board.draw(canvas, series);
+          const ratio = canvas.width / 600;
+          const context = canvas.getContext("2d");
+          const column = (x) => {
+            const pixels = context.getImageData(Math.round(x * ratio), 0, 1, canvas.height).data;
+            let count = 0;
+            for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) count++;
+            return count;
+          };
+          canvas.remove();
+          return { before: column(100), silent: column(300), after: column(500) };
+        }"""
+    )
+
+    assert painted["before"] > 0
+    assert painted["after"] > 0
+    assert painted["silent"] == 0
